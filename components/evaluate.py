@@ -1,0 +1,25 @@
+"""Component: score the candidate and the champion on the same held-out rows."""
+
+from kfp import dsl
+from kfp.dsl import Artifact, Dataset, Input, Model, Output
+
+from tuneloop.components import IMAGE
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def evaluate_candidate(config: str, snapshot: Input[Dataset], trained: Input[Model], scores: Output[Artifact]) -> str:
+    """Evaluate; `scores` is a JSON file; return the champion version scored ('' when none serves)."""
+    import json
+    from pathlib import Path
+
+    from tuneloop.config import config_from_json
+    from tuneloop.cycle import evaluate_step
+    from tuneloop.progress import configure_logging
+
+    configure_logging()
+    result = evaluate_step(
+        config_from_json(config), Path(snapshot.path), Path(trained.path) / "adapter", Path(scores.path + ".work")
+    )
+    Path(scores.path).write_text(json.dumps(result.to_dict()))
+    scores.metadata.update(accuracy=result.candidate.accuracy, macro_f1=result.candidate.macro_f1)
+    return result.champion_version or ""

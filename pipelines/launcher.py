@@ -1,0 +1,150 @@
+"""Launch pipelines: one interface, two implementations (kfp.local subprocesses, or a KFP cluster).
+
+The CLI and, later, the monitor call `launcher_for(cfg).run(...)` and never care which one runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, TextIO
+
+from tuneloop import errors
+from tuneloop.config import Config
+from tuneloop.errors import PipelineError
+
+_ERROR_LINE = re.compile(r"^\s*tuneloop\.errors\.(\w+): (.*)$")
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a launched continuous-training run reported."""
+
+    run_id: str
+    state: str
+    version: str | None = None
+    decision: dict | None = None
+    log_path: str | None = None
+
+
+class Launcher(Protocol):
+    """Runs the continuous-training pipeline for a config and a data revision."""
+
+    def run(self, cfg: Config, data_rev: str) -> RunResult: ...
+
+
+class _StepOutput(io.TextIOBase):
+    """Everything the steps print goes to a log file; the console sees tuneloop's progress lines."""
+
+    def __init__(self, log: TextIO, console: TextIO, verbose: bool):
+        self.log, self.console, self.verbose, self.partial = log, console, verbose, ""
+        self.failures: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.log.write(text)
+        lines = (self.partial + text).split("\n")
+        self.partial = lines.pop()
+        for line in lines:
+            if self.verbose or " tuneloop." in line:
+                self.console.write(line + "\n")
+            if _ERROR_LINE.match(line):
+                self.failures.append(line)
+        return len(text)
+
+    def flush(self) -> None:
+        self.log.flush()
+        self.console.flush()
+
+
+class LocalLauncher:
+    """Runs the pipeline with kfp.local's SubprocessRunner: every step a process, no cluster."""
+
+    def __init__(self, pipeline_root: str, verbose: bool = False):
+        self.pipeline_root, self.verbose = Path(pipeline_root), verbose
+
+    def run(self, cfg: Config, data_rev: str) -> RunResult:
+        """Run one cycle to completion; raise the step's own error class when a step fails."""
+        from kfp import local
+
+        from tuneloop.pipelines.continuous_training import continuous_training
+
+        self.pipeline_root.mkdir(parents=True, exist_ok=True)
+        run_id = time.strftime("ct-%Y%m%d-%H%M%S")
+        log_path = self.pipeline_root / f"{run_id}.log"
+        local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(self.pipeline_root))
+        # The local runner warns that the cluster image and resource requests do not apply to it;
+        # that is expected here (the steps run in this environment), so keep the console clean.
+        warnings.filterwarnings("ignore", message=".*(non-Python base image|no effect in the current local runner)")
+        with open(log_path, "w", encoding="utf-8") as log:
+            output = _StepOutput(log, sys.stderr, self.verbose)
+            try:
+                with contextlib.redirect_stdout(output):
+                    task = continuous_training(config=cfg.to_json(), data_rev=data_rev)
+            except RuntimeError as exc:
+                raise _step_error(output.failures, log_path) from exc
+        return RunResult(
+            run_id=run_id, state="SUCCEEDED", version=task.outputs["version"],
+            decision=json.loads(task.outputs["decision"]), log_path=str(log_path),
+        )
+
+
+def _step_error(lines: list[str], log_path: Path) -> errors.TuneloopError:
+    if not lines:
+        return PipelineError(f"a pipeline step failed; its traceback is in {log_path}")
+    name, message = _ERROR_LINE.match(lines[-1]).groups()
+    kind = getattr(errors, name, PipelineError)
+    return kind(message) if isinstance(kind, type) and issubclass(kind, errors.TuneloopError) else PipelineError(message)
+
+
+class ClusterLauncher:
+    """Submits the pipeline to a Kubeflow Pipelines API endpoint."""
+
+    def __init__(self, host: str, experiment: str = "tuneloop", wait: bool = False):
+        self.host, self.experiment, self.wait = host, experiment, wait
+
+    def run(self, cfg: Config, data_rev: str) -> RunResult:
+        """Submit one run; wait for it only when asked (a cluster run can take hours)."""
+        import kfp
+
+        from tuneloop.pipelines.continuous_training import continuous_training
+
+        client = kfp.Client(host=self.host)
+        submitted = client.create_run_from_pipeline_func(
+            continuous_training, arguments={"config": cfg.to_json(), "data_rev": data_rev},
+            experiment_name=self.experiment, enable_caching=False,
+        )
+        state = "SUBMITTED"
+        if self.wait:
+            state = str(submitted.wait_for_run_completion().state)
+        return RunResult(run_id=submitted.run_id, state=state)
+
+
+def launcher_for(cfg: Config, verbose: bool = False, wait: bool = False) -> Launcher:
+    """Pick the launcher for `runtime.mode`.
+
+    Raises:
+        PipelineError: when mode is kfp and no host is configured.
+    """
+    if cfg.runtime.mode == "local":
+        return LocalLauncher(cfg.runtime.pipeline_root, verbose)
+    if not cfg.runtime.host:
+        raise PipelineError("runtime.mode is kfp but runtime.host is empty; set it to the KFP API endpoint")
+    return ClusterLauncher(cfg.runtime.host, cfg.registry.experiment, wait)
+
+
+def compile_pipeline(path: Path) -> Path:
+    """Compile the continuous-training pipeline to KFP IR YAML at `path`."""
+    from kfp import compiler
+
+    from tuneloop.pipelines.continuous_training import continuous_training
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(continuous_training, str(path))
+    return path

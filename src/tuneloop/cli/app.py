@@ -1,0 +1,104 @@
+"""The `tuneloop` entry point: wires the noun modules and turns errors into one line and exit 1."""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import click
+import typer
+
+from tuneloop import cycle, workspace
+from tuneloop.cli import config as config_cli
+from tuneloop.cli import data as data_cli
+from tuneloop.cli import pipeline as pipeline_cli
+from tuneloop.cli import registry as registry_cli
+from tuneloop.cli import train as train_cli
+from tuneloop.cli.context import CONFIG_HELP, config_for
+from tuneloop.errors import TuneloopError
+from tuneloop.progress import configure_logging
+
+app = typer.Typer(
+    help="tuneloop: keep a PEFT fine-tuned model healthy — train, gate, promote, on KFP or a laptop.",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+)
+app.add_typer(config_cli.app, name="config")
+app.add_typer(data_cli.app, name="data")
+app.add_typer(registry_cli.app, name="registry")
+app.add_typer(pipeline_cli.app, name="pipeline")
+app.command("train")(train_cli.train)
+app.command("evaluate")(train_cli.evaluate)
+app.command("gate")(train_cli.gate)
+
+
+@app.callback()
+def _options(
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show every line the pipeline steps print."),
+) -> None:
+    configure_logging(verbose)
+
+
+@app.command("init")
+def init(
+    directory: Path = typer.Argument(..., help="Folder to create (new or empty)."),
+    remote: Optional[Path] = typer.Option(None, "--remote", help="DVC remote folder (default: DIR/storage/dvc-remote)."),
+) -> None:
+    """Create a workspace: git + DVC with a local remote, an MLflow store, and a default config."""
+    path = workspace.init(directory, remote)
+    typer.echo(f"workspace ready: {path.parent}\nnext: tuneloop data add FILE --name train --config {path}")
+
+
+@app.command("run")
+def run(
+    rev: Optional[str] = typer.Option(None, "--rev", help="Data revision to train on (default: data.rev)."),
+    config: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP),
+    wait: bool = typer.Option(False, "--wait", help="On a cluster, wait for the run to finish."),
+) -> None:
+    """Run the continuous-training pipeline once (locally, or submitted to runtime.host)."""
+    from tuneloop.pipelines.launcher import launcher_for
+
+    cfg = config_for(config)
+    data_rev = rev or cfg.data.rev
+    with tempfile.TemporaryDirectory() as scratch:  # fail on bad data here, before any step starts
+        snapshot = cycle.validate_step(cfg, data_rev, Path(scratch))
+    verbose = click.get_current_context().find_root().params.get("verbose", False)
+    result = launcher_for(cfg, verbose=verbose, wait=wait).run(cfg, snapshot.rev)
+    if result.decision is None:
+        typer.echo(f"submitted run {result.run_id}: {result.state}")
+        return
+    verdict = "passed, now champion" if result.decision["passed"] else "rejected, champion unchanged"
+    typer.echo(f"version {result.version}: gate {verdict}: " + "; ".join(result.decision["reasons"]))
+
+
+@app.command("demo")
+def demo(
+    directory: Path = typer.Option(Path("tuneloop-demo"), "--dir", help="Workspace folder to create."),
+    rows: int = typer.Option(700, "--rows", min=200, help="Rows per synthetic dataset version."),
+) -> None:
+    """Run the whole loop offline on synthetic data: v1, v2, then a broken candidate."""
+    from tuneloop.cli.demo import run_demo
+
+    run_demo(directory, rows)
+
+
+def main() -> None:
+    """Console entry point."""
+    debug = "--debug" in sys.argv
+    try:
+        app(standalone_mode=False)
+    except TuneloopError as exc:
+        if debug:
+            raise
+        typer.echo(f"error: {type(exc).__name__}: {exc}", err=True)
+        sys.exit(1)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        typer.echo("aborted", err=True)
+        sys.exit(130)

@@ -1,0 +1,30 @@
+"""`tuneloop config`: the schema, and validation of a config file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from tuneloop.cli.output import show_json
+from tuneloop.config import config_problems, json_schema, read_config_file
+
+app = typer.Typer(help="Inspect and check configuration.", no_args_is_help=True)
+
+
+@app.command("schema")
+def schema() -> None:
+    """Print the JSON schema of the config tree."""
+    show_json(json_schema())
+
+
+@app.command("validate")
+def validate(path: Path = typer.Argument(..., help="Config file to check.")) -> None:
+    """Report every problem in a config file (key, value, fix); exit 1 if there is any."""
+    data, root = read_config_file(path)
+    problems = config_problems(data, root)
+    for problem in problems:
+        typer.echo(f"{path}: {problem}", err=True)
+    if problems:
+        raise typer.Exit(1)
+    typer.echo(f"{path}: valid")

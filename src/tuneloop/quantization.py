@@ -1,0 +1,65 @@
+"""Quantized base weights (QLoRA): the only module that imports `bitsandbytes`.
+
+The adapter always trains in full precision; only the frozen base is stored in 4 or 8 bits. The
+classification head stays in full precision because it trains (peft's modules_to_save) and
+quantized weights cannot take gradients.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tuneloop.config import QuantizationConfig
+from tuneloop.errors import TrainingError
+
+# Trainable or tiny layers that must stay full precision: the head trains, the pooler is one
+# hidden x hidden matrix (0.6% of MiniLM) whose quantization saves nothing worth its error.
+FULL_PRECISION_MODULES = ["classifier", "pooler", "score"]
+
+
+def bnb_config(cfg: QuantizationConfig) -> Any | None:
+    """Return the transformers BitsAndBytesConfig for a quantization section, or None for bits=0.
+
+    Raises:
+        TrainingError: when bitsandbytes is not installed (no silent fall back to full precision).
+    """
+    if cfg.bits == 0:
+        return None
+    try:
+        import bitsandbytes  # noqa: F401  (fail here, with a fix, rather than deep in transformers)
+    except ImportError as exc:
+        raise TrainingError(
+            f"quantization.bits={cfg.bits} needs bitsandbytes; `pip install bitsandbytes==0.50.2` or set quantization.bits: 0"
+        ) from exc
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    if cfg.bits == 8:
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=FULL_PRECISION_MODULES)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=cfg.quant_type,
+        bnb_4bit_use_double_quant=cfg.double_quant,
+        bnb_4bit_compute_dtype=getattr(torch, cfg.compute_dtype),
+        llm_int8_skip_modules=FULL_PRECISION_MODULES,
+    )
+
+
+def prepare_for_training(model: Any, cfg: QuantizationConfig) -> Any:
+    """Make a quantized base trainable through an adapter (layer norms in fp32, input grads on)."""
+    if cfg.bits == 0:
+        return model
+    from peft import prepare_model_for_kbit_training
+
+    # Gradient checkpointing trades ~30% more compute for activation memory; the small models this
+    # runs on CPU do not need it, and users on GPU who do can add it without changing the adapter.
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+
+
+def library_version() -> str | None:
+    """Return the installed bitsandbytes version, or None."""
+    try:
+        import bitsandbytes
+    except ImportError:
+        return None
+    return bitsandbytes.__version__
