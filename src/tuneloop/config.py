@@ -25,7 +25,8 @@ class _Strict(BaseModel):
 
 def _resolve(value: str, info: ValidationInfo) -> str:
     root = (info.context or {}).get("root")
-    if root is None or "://" in value or Path(value).is_absolute():
+    # git reads a colon before the first slash as an ssh URL (git@github.com:org/data.git), not a path
+    if root is None or "://" in value or ":" in value.split("/", 1)[0] or Path(value).is_absolute():
         return value
     return str((Path(root) / value).resolve())
 
@@ -196,6 +197,8 @@ def _describe(error: dict[str, Any]) -> str:
         return f"{key}: unknown key; remove it or fix its spelling (see `tuneloop config schema`)"
     if kind == "union_tag_invalid":
         return f"{key}: unknown method {error['input'].get('name')!r}; use one of: lora, ia3"
+    if kind == "union_tag_not_found":
+        return f"{key}: no method name; add `name:` with one of: lora, ia3"
     value = error.get("input")
     shown = json.dumps(value, default=str) if not isinstance(value, dict) else "{...}"
     return f"{key} = {shown}: {error['msg'].lower()}; fix the value (see `tuneloop config schema`)"
@@ -204,7 +207,9 @@ def _describe(error: dict[str, Any]) -> str:
 def _with_sections(data: dict) -> dict:
     # Spell out omitted sections so their defaults pass through validation with the context too
     # (a default_factory would build them without it, leaving relative paths unresolved).
-    return {**{name: {} for name in Config.model_fields if name != "method"}, **data}
+    # A section whose keys are all commented out loads as None: treat it as empty too.
+    given = {name: ({} if value is None else value) for name, value in data.items()}
+    return {**{name: {} for name in Config.model_fields if name != "method"}, **given}
 
 
 def config_problems(data: Any, root: Path | None = None) -> list[str]:

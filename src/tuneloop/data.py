@@ -97,7 +97,11 @@ def add_dataset(root: Path, source: Path, name: str) -> DatasetVersion:
     repo = Repo(str(root))
     try:
         repo.add(str(root / target))
-        rev = gitrepo.commit(root, [f"{target}.dvc", "data/.gitignore"], f"data: track {target} with DVC")
+        gitrepo.git(root, "add", "--", f"{target}.dvc", "data/.gitignore")
+        if gitrepo.has_staged_changes(root):
+            rev = gitrepo.commit(root, [f"{target}.dvc"], f"data: track {target} with DVC")
+        else:  # the same bytes are already tracked: adding them again is a no-op, not an error
+            rev = gitrepo.git(root, "log", "-1", "--format=%H", "--", f"{target}.dvc")
         repo.push()
     finally:
         repo.close()

@@ -63,7 +63,9 @@ def decide(candidate: EvalReport, champion: EvalReport | None, cfg: GateConfig) 
         baseline, verdict = None, "no champion yet: passes on the floors alone"
     else:
         baseline = getattr(champion, cfg.metric)
-        drop = 100 * (baseline - value)
+        # Round off float noise (0.80 - 0.79 gives 1.0000000000000009 points) so a drop of exactly
+        # max_regression passes; metrics are count ratios, so 1e-6 points is below any real change.
+        drop = round(100 * (baseline - value), 6)
         verdict = f"{cfg.metric} {value:.4f} vs champion {baseline:.4f} ({-drop:+.2f} points)"
         if drop > cfg.max_regression:
             failures.append(f"{verdict} regresses more than gate.max_regression={cfg.max_regression} points")

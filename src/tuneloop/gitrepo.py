@@ -47,6 +47,11 @@ def resolve_rev(repo: Path | str, rev: str) -> str:
     return sha
 
 
+def has_staged_changes(repo: Path) -> bool:
+    """Tell whether the index differs from HEAD."""
+    return subprocess.run(["git", "-C", str(repo), "diff", "--cached", "--quiet"]).returncode == 1
+
+
 def commit(repo: Path, paths: list[str], message: str) -> str:
     """Stage `paths` and commit them (with a fallback identity when none is configured); return the sha."""
     git(repo, "add", "--", *paths)

@@ -113,6 +113,8 @@ def load_classifier(folder: Path, labels: list[str], quant: QuantizationConfig, 
         "num_labels": len(labels),
         "id2label": dict(enumerate(labels)),
         "label2id": {label: i for i, label in enumerate(labels)},
+        # A base that already is a classifier (another label count) would otherwise fail to load.
+        "ignore_mismatched_sizes": True,
     }
     bnb = quantization.bnb_config(quant)
     if bnb is not None:

@@ -137,11 +137,12 @@ def held_out_mask(texts: pd.Series, fraction: float) -> pd.Series:
     """Mark rows for the held-out split by a hash of their text.
 
     The split is stable across dataset versions (a text never changes sides), and identical texts
-    always land on the same side, so duplicates cannot leak between the splits.
+    always land on the same side, so duplicates cannot leak between the splits. "Identical" is
+    validation's notion (case and runs of whitespace ignored), or its overlap check would fail them.
     """
 
     def bucket(text: object) -> float:
-        digest = hashlib.sha256(str(text).strip().lower().encode("utf-8")).digest()
+        digest = hashlib.sha256(" ".join(str(text).lower().split()).encode("utf-8")).digest()
         return int.from_bytes(digest[:8], "big") / 2**64
 
     return texts.map(bucket) < fraction

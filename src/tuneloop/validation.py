@@ -180,7 +180,10 @@ def _present(values: pd.Series) -> pd.Series:
 def _finish(source, train, held_out, labels, problems) -> ValidationReport:
     report = ValidationReport(source, len(train), len(held_out), labels, problems)
     counts = report.to_dict()["counts"]
-    logger.info(
+    # Problems reach the user as the DataError raised from this report; logging them too would
+    # print them twice on the CLI, so only a clean result is logged at INFO.
+    logger.log(
+        logging.INFO if report.ok else logging.DEBUG,
         "validated %s: %d train rows, %d held-out rows, %d labels, %d problem(s) %s",
         source, report.train_rows, report.held_out_rows, len(labels), len(problems), counts or "",
     )

@@ -69,6 +69,9 @@ def init(root: Path, remote: Path | None = None, config_text: str = DEFAULT_CONF
         (root / CONFIG_FILE).write_text(config_text)
         (root / "data").mkdir()
         gitrepo.commit(root, [".gitignore", CONFIG_FILE, ".dvc", ".dvcignore"], "workspace: init tuneloop")
+    except OSError as exc:  # e.g. a --remote under a file or in a read-only folder
+        _undo(root, created)
+        raise WorkspaceError(f"cannot init {root}: {exc.strerror}: {exc.filename}; pass a writable folder (and --remote)") from exc
     except BaseException:
         _undo(root, created)
         raise

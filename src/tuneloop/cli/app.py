@@ -7,7 +7,6 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
-import click
 import typer
 
 from tuneloop import cycle, workspace
@@ -31,6 +30,7 @@ app.add_typer(pipeline_cli.app, name="pipeline")
 app.command("train")(train_cli.train)
 app.command("evaluate")(train_cli.evaluate)
 app.command("gate")(train_cli.gate)
+_OPTIONS = {"verbose": False}
 
 
 @app.callback()
@@ -38,6 +38,7 @@ def _options(
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show every line the pipeline steps print."),
 ) -> None:
+    _OPTIONS["verbose"] = verbose
     configure_logging(verbose)
 
 
@@ -64,8 +65,7 @@ def run(
     data_rev = rev or cfg.data.rev
     with tempfile.TemporaryDirectory() as scratch:  # fail on bad data here, before any step starts
         snapshot = cycle.validate_step(cfg, data_rev, Path(scratch))
-    verbose = click.get_current_context().find_root().params.get("verbose", False)
-    result = launcher_for(cfg, verbose=verbose, wait=wait).run(cfg, snapshot.rev)
+    result = launcher_for(cfg, verbose=_OPTIONS["verbose"], wait=wait).run(cfg, snapshot.rev)
     if result.decision is None:
         typer.echo(f"submitted run {result.run_id}: {result.state}")
         return
@@ -88,17 +88,11 @@ def main() -> None:
     """Console entry point."""
     debug = "--debug" in sys.argv
     try:
-        app(standalone_mode=False)
+        app()  # usage errors are typer's: a message and exit code 2
     except TuneloopError as exc:
         if debug:
             raise
         typer.echo(f"error: {type(exc).__name__}: {exc}", err=True)
         sys.exit(1)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        typer.echo("aborted", err=True)
-        sys.exit(130)
+if __name__ == "__main__":
+    main()

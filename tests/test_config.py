@@ -1,0 +1,215 @@
+"""Unit tests for tuneloop.config: defaults, strict keys, exact messages, path resolution, serialization."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tuneloop.config import (
+    Config,
+    IA3Method,
+    LoraMethod,
+    config_from_json,
+    config_problems,
+    json_schema,
+    load_config,
+    parse_config,
+)
+from tuneloop.errors import ConfigError
+
+SECTIONS = ["data", "model", "method", "quantization", "train", "gate", "registry", "runtime"]
+
+
+def write(folder: Path, text: str, name: str = "tuneloop.yaml") -> Path:
+    path = folder / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_empty_file_loads_the_defaults(tmp_path):
+    cfg = load_config(write(tmp_path, ""))
+    assert isinstance(cfg.method, LoraMethod)
+    assert (cfg.method.r, cfg.method.alpha, cfg.method.target_modules) == (8, 16, ["query", "value"])
+    assert (cfg.train.epochs, cfg.train.batch_size, cfg.train.learning_rate) == (3, 16, 1e-3)
+    assert (cfg.data.path, cfg.data.rev, cfg.data.eval_path, cfg.data.eval_fraction) == ("data/train.csv", "HEAD", None, 0.2)
+    assert (cfg.quantization.bits, cfg.gate.metric, cfg.runtime.mode) == (0, "macro_f1", "local")
+    assert cfg.registry.model_name == "tuneloop-classifier"
+
+
+def test_comment_only_file_equals_empty_file(tmp_path):
+    assert load_config(write(tmp_path, "# nothing but a comment\n")) == load_config(write(tmp_path, "", "b.yaml"))
+
+
+def test_every_default_section_is_present(tmp_path):
+    dumped = load_config(write(tmp_path, "")).model_dump()
+    assert list(dumped) == SECTIONS
+    assert all(isinstance(dumped[name], dict) and dumped[name] for name in SECTIONS)
+
+
+def test_a_section_overrides_only_its_keys(tmp_path):
+    cfg = load_config(write(tmp_path, "train:\n  epochs: 7\nmethod:\n  name: ia3\n"))
+    assert cfg.train.epochs == 7
+    assert cfg.train.batch_size == 16
+    assert isinstance(cfg.method, IA3Method)
+    assert cfg.method.target_modules == ["key", "value", "output.dense"]
+
+
+def test_unknown_top_level_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"^epochz: unknown key; remove it or fix its spelling"):
+        load_config(write(tmp_path, "epochz: 3\n"))
+
+
+def test_unknown_nested_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"^train\.epochz: unknown key; remove it or fix its spelling"):
+        load_config(write(tmp_path, "train:\n  epochz: 3\n"))
+
+
+def test_unknown_key_inside_the_method(tmp_path):
+    with pytest.raises(ConfigError, match=r"^method\.lora\.rank: unknown key"):
+        load_config(write(tmp_path, "method:\n  name: lora\n  rank: 4\n"))
+
+
+def test_wrong_type_names_the_key_and_the_value(tmp_path):
+    with pytest.raises(ConfigError, match=r'^train\.epochs = "ten": input should be a valid integer.*; fix the value'):
+        load_config(write(tmp_path, "train:\n  epochs: ten\n"))
+
+
+def test_out_of_range_value_names_the_bound(tmp_path):
+    with pytest.raises(ConfigError, match=r"^gate\.min_accuracy = 2: input should be less than or equal to 1"):
+        load_config(write(tmp_path, "gate:\n  min_accuracy: 2\n"))
+
+
+def test_unknown_method_lists_the_known_ones(tmp_path):
+    with pytest.raises(ConfigError, match=r"^method: unknown method 'lorax'; use one of: lora, ia3$"):
+        load_config(write(tmp_path, "method:\n  name: lorax\n"))
+
+
+def test_method_without_a_name_says_to_add_one(tmp_path):
+    with pytest.raises(ConfigError, match=r"^method: no method name; add `name:` with one of: lora, ia3$"):
+        load_config(write(tmp_path, "method:\n  r: 16\n"))
+
+
+def test_config_problems_lists_every_problem():
+    data = yaml.safe_load("train:\n  epochs: ten\n  epochz: 1\ngate:\n  min_accuracy: 2\n")
+    problems = config_problems(data)
+    assert len(problems) == 3
+    assert [p.split(" ")[0].rstrip(":") for p in problems] == ["train.epochs", "train.epochz", "gate.min_accuracy"]
+
+
+def test_parse_config_raises_the_first_problem_and_counts_the_rest(tmp_path):
+    text = "train:\n  epochs: ten\n  epochz: 1\ngate:\n  min_accuracy: 2\n"
+    with pytest.raises(ConfigError, match=r"^train\.epochs = .* \(and 2 more; run `tuneloop config validate`\)$"):
+        load_config(write(tmp_path, text))
+
+
+def test_valid_config_has_no_problems():
+    assert config_problems({}) == []
+    assert config_problems(None) == []
+
+
+def test_a_non_mapping_config_is_one_problem():
+    assert config_problems(["data", "model"]) == ["config must be a mapping of sections (data, model, ...), got list"]
+
+
+def test_relative_paths_resolve_against_the_config_folder_when_sections_are_omitted(tmp_path, monkeypatch):
+    folder = tmp_path / "project"
+    folder.mkdir()
+    monkeypatch.chdir(tmp_path)  # a different working folder must not matter
+    cfg = load_config(write(folder, ""))
+    assert cfg.data.repo == str(folder)
+    assert cfg.registry.tracking_uri == f"sqlite:///{folder}/mlflow.db"
+    assert cfg.registry.artifact_root == str(folder / "mlartifacts")
+    assert cfg.runtime.pipeline_root == str(folder / "runs")
+
+
+def test_relative_paths_resolve_when_written_out(tmp_path):
+    text = (
+        "data:\n  repo: ../data-repo\n"
+        "registry:\n  tracking_uri: sqlite:///state/mlflow.db\n  artifact_root: state/art\n"
+        "runtime:\n  pipeline_root: out/runs\n"
+    )
+    folder = tmp_path / "project"
+    folder.mkdir()
+    cfg = load_config(write(folder, text))
+    assert cfg.data.repo == str(tmp_path / "data-repo")
+    assert cfg.registry.tracking_uri == f"sqlite:///{folder}/state/mlflow.db"
+    assert cfg.registry.artifact_root == str(folder / "state" / "art")
+    assert cfg.runtime.pipeline_root == str(folder / "out" / "runs")
+
+
+@pytest.mark.parametrize(
+    "repo",
+    ["https://github.com/org/data.git", "git@github.com:org/data.git", "ssh://git@host/org/data.git", "/srv/data"],
+)
+def test_urls_and_absolute_paths_are_kept(tmp_path, repo):
+    cfg = load_config(write(tmp_path, f"data:\n  repo: {repo}\n"))
+    assert cfg.data.repo == repo
+
+
+def test_absolute_sqlite_and_remote_tracking_uris_are_kept(tmp_path):
+    for uri in ["sqlite:////srv/mlflow.db", "http://127.0.0.1:5000"]:
+        assert load_config(write(tmp_path, f"registry:\n  tracking_uri: {uri}\n")).registry.tracking_uri == uri
+
+
+def test_json_round_trip_is_equal(tmp_path):
+    cfg = load_config(write(tmp_path, "method:\n  name: ia3\ntrain:\n  epochs: 5\ndata:\n  labels: [a, b]\n"))
+    again = config_from_json(cfg.to_json())
+    assert again == cfg
+    assert again.digest() == cfg.digest()
+
+
+def test_json_round_trip_keeps_absolute_paths_elsewhere(tmp_path, monkeypatch):
+    cfg = load_config(write(tmp_path, ""))
+    monkeypatch.chdir("/")
+    assert config_from_json(cfg.to_json()).data.repo == str(tmp_path)
+
+
+def test_digest_is_stable_across_loads(tmp_path):
+    path = write(tmp_path, "train:\n  epochs: 5\n")
+    first, second = load_config(path).digest(), load_config(path).digest()
+    assert first == second
+    assert len(first) == 64 and int(first, 16) >= 0
+
+
+def test_digest_changes_when_a_value_changes(tmp_path):
+    five = load_config(write(tmp_path, "train:\n  epochs: 5\n")).digest()
+    six = load_config(write(tmp_path, "train:\n  epochs: 6\n")).digest()
+    assert five != six
+
+
+def test_digest_ignores_spelling_out_a_default(tmp_path):
+    assert load_config(write(tmp_path, "")).digest() == load_config(write(tmp_path, "train:\n  epochs: 3\n", "b.yaml")).digest()
+
+
+def test_json_schema_has_the_top_level_sections():
+    schema = json_schema()
+    assert list(schema["properties"]) == SECTIONS
+    assert schema["additionalProperties"] is False
+    json.dumps(schema)  # serializable, as the Helm chart's values schema needs
+
+
+def test_missing_file_names_the_fix(tmp_path):
+    missing = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError, match=rf"^config file '{re.escape(str(missing))}' not found; pass an existing file or run `tuneloop init DIR`$"):
+        load_config(missing)
+
+
+def test_invalid_yaml_names_the_line_and_the_fix(tmp_path):
+    path = write(tmp_path, "train:\n  epochs: 3\n bad: indent\n")
+    with pytest.raises(ConfigError, match=rf"^config file '{re.escape(str(path))}' is not valid YAML at line 3; fix the syntax$"):
+        load_config(path)
+
+
+def test_a_yaml_list_is_not_a_config(tmp_path):
+    with pytest.raises(ConfigError, match=r"^config must be a mapping of sections \(data, model, \.\.\.\), got list$"):
+        load_config(write(tmp_path, "- data\n- model\n"))
+
+
+def test_parse_config_without_root_leaves_paths_as_written():
+    cfg = parse_config({"data": {"repo": "rel/repo"}})
+    assert cfg.data.repo == "rel/repo"
+    assert isinstance(cfg, Config)
