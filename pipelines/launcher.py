@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import re
 import sys
 import time
@@ -136,6 +137,8 @@ def launcher_for(cfg: Config, verbose: bool = False, wait: bool = False) -> Laun
         return LocalLauncher(cfg.runtime.pipeline_root, verbose)
     if not cfg.runtime.host:
         raise PipelineError("runtime.mode is kfp but runtime.host is empty; set it to the KFP API endpoint")
+    # Read when the components are first imported; an explicit TUNELOOP_IMAGE wins.
+    os.environ.setdefault("TUNELOOP_IMAGE", cfg.runtime.image)
     return ClusterLauncher(cfg.runtime.host, cfg.registry.experiment, wait)
 
 

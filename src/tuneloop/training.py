@@ -131,8 +131,8 @@ def train(frame: pd.DataFrame, cfg: Config, out_dir: Path) -> TrainResult:
         )
     except ValueError as exc:  # peft: target modules not found in the base model
         raise TrainingError(f"method {cfg.method.name} cannot be applied to {cfg.model.base}: {exc}") from exc
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+    # peft's count, not numel(): bitsandbytes packs two 4-bit weights per stored element.
+    trainable, total = model.get_nb_trainable_parameters()
     base_sha, tok_sha = modeling.fingerprint(base)
     meta = modeling.AdapterMeta(
         labels=labels, base_model=cfg.model.base, base_sha256=base_sha, tokenizer_sha256=tok_sha,

@@ -3,6 +3,7 @@
 Layout of a new workspace:
 
     tuneloop.yaml       the config (a short diff from the defaults)
+    dvc.yaml            the same steps as DVC stages calling the CLI (`dvc repro`)
     data/               datasets, tracked by DVC (the .dvc files are in git)
     mlflow.db           MLflow tracking + registry (sqlite), ignored by git
     mlartifacts/        MLflow artifacts (adapters, reports), ignored by git
@@ -42,7 +43,35 @@ registry:
   model_name: tuneloop-classifier
 """
 
-GITIGNORE = "mlflow.db\nmlartifacts/\nruns/\nstorage/\n__pycache__/\n"
+# DVC stages call the same CLI commands the KFP components' core calls back, so `dvc repro`
+# and the pipeline share one code path. Registration is not a stage: it writes the live registry.
+DVC_STAGES = """\
+stages:
+  validate:
+    cmd: tuneloop data validate --config {params} --out outputs/snapshot
+    deps: [data]
+    params:
+      - {params}:  # every key: config files list only what differs from the defaults
+    outs: [outputs/snapshot]
+  train:
+    cmd: tuneloop train --config {params} --snapshot outputs/snapshot --out outputs/trained
+    deps: [outputs/snapshot]
+    params:
+      - {params}:
+    outs: [outputs/trained]
+  evaluate:
+    cmd: tuneloop evaluate --config {params} --snapshot outputs/snapshot --trained outputs/trained --out outputs/scores.json
+    deps: [outputs/snapshot, outputs/trained]
+    metrics: [outputs/scores.json: {{cache: false}}]
+  gate:
+    cmd: tuneloop gate --config {params} --scores outputs/scores.json --out outputs/decision.json
+    deps: [outputs/scores.json]
+    params:
+      - {params}:
+    outs: [outputs/decision.json: {{cache: false}}]
+"""
+
+GITIGNORE = "mlflow.db\nmlartifacts/\nruns/\nstorage/\noutputs/\n__pycache__/\n"
 
 
 def init(root: Path, remote: Path | None = None, config_text: str = DEFAULT_CONFIG) -> Path:
@@ -67,8 +96,9 @@ def init(root: Path, remote: Path | None = None, config_text: str = DEFAULT_CONF
         data.init_dvc(root, remote or root / "storage" / "dvc-remote")
         (root / ".gitignore").write_text(GITIGNORE)
         (root / CONFIG_FILE).write_text(config_text)
+        (root / "dvc.yaml").write_text(DVC_STAGES.format(params=CONFIG_FILE))
         (root / "data").mkdir()
-        gitrepo.commit(root, [".gitignore", CONFIG_FILE, ".dvc", ".dvcignore"], "workspace: init tuneloop")
+        gitrepo.commit(root, [".gitignore", CONFIG_FILE, "dvc.yaml", ".dvc", ".dvcignore"], "workspace: init tuneloop")
     except OSError as exc:  # e.g. a --remote under a file or in a read-only folder
         _undo(root, created)
         raise WorkspaceError(f"cannot init {root}: {exc.strerror}: {exc.filename}; pass a writable folder (and --remote)") from exc

@@ -16,7 +16,11 @@ TRAINED = typer.Option(Path("outputs/trained"), "--trained", help="Folder from `
 CONFIG = typer.Option(None, "--config", help=CONFIG_HELP)
 
 
-def train(snapshot: Path = SNAPSHOT, out: Path = TRAINED, config: Optional[Path] = CONFIG) -> None:
+def train(
+    snapshot: Path = SNAPSHOT,
+    out: Path = typer.Option(Path("outputs/trained"), "--out", help="Folder to write adapter/, checkpoints/, train.json."),
+    config: Optional[Path] = CONFIG,
+) -> None:
     """Train an adapter on a snapshot (progress is logged); write adapter/, checkpoints/, train.json."""
     result = cycle.train_step(config_for(config), snapshot, out)
     typer.echo(
