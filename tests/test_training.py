@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from tuneloop import modeling, synthetic, training
+from tuneloop import modeling, synthetic, tokenization, training
 from tuneloop.config import Config, IA3Method, LoraMethod, QuantizationConfig, parse_config
 from tuneloop.errors import TrainingError
 from tests.conftest import tiny_config_text
@@ -70,7 +70,7 @@ def fixed_batch(base: Path) -> dict:
     """One tokenized batch of 16 synthetic tickets with their label ids."""
     rows = synthetic.generate_tickets(1, 16, seed=0)
     texts, ids = [text for text, _ in rows], [LABELS.index(label) for _, label in rows]
-    return next(training.batches(modeling.load_tokenizer(base), texts, ids, 16, 32))
+    return next(tokenization.batches(modeling.load_tokenizer(base), texts, ids, 16, 32))
 
 
 def loss_with_fixed_dropout(model, batch) -> torch.Tensor:
@@ -250,7 +250,7 @@ def test_early_stopping_keeps_the_best_epoch(tiny_model, tmp_path):
 
 def test_unknown_target_module_is_a_training_error(tiny_model, tmp_path):
     cfg = config(tiny_model, method={"name": "lora", "target_modules": ["nope"]})
-    with pytest.raises(TrainingError, match=r"method lora cannot be applied to .*target"):
+    with pytest.raises(TrainingError, match=r"method.target_modules \[.nope.\] match no layer of the base model; use some of its linear layers: .*query"):
         training.train(tickets(), cfg, tmp_path)
 
 

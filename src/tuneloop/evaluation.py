@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from tuneloop import modeling
-from tuneloop.training import batches
+from tuneloop.tokenization import batches
 
 log = logging.getLogger(__name__)
 

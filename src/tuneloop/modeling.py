@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneloop import methods, quantization
-from tuneloop.config import DEFAULT_BASE_MODEL, ModelConfig, QuantizationConfig
+from tuneloop.config import DEFAULT_BASE_MODEL, QuantizationConfig
 from tuneloop.errors import RegistryError, TrainingError
 
 log = logging.getLogger(__name__)
@@ -127,10 +127,18 @@ def load_classifier(folder: Path, labels: list[str], quant: QuantizationConfig, 
 
 def attach_adapter(model: Any, method: Any, task: str, quant: QuantizationConfig) -> Any:
     """Wrap a base model with a fresh, trainable adapter of the configured method."""
+    import torch
     from peft import get_peft_model
 
     model = quantization.prepare_for_training(model, quant)
-    return get_peft_model(model, methods.peft_config(method, task))
+    try:
+        return get_peft_model(model, methods.peft_config(method, task))
+    except ValueError as exc:  # peft: no module matched the targets
+        layers = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+        raise TrainingError(
+            f"method.target_modules {list(method.target_modules)} match no layer of the base model; "
+            f"use some of its linear layers: {', '.join(layers)}"
+        ) from exc
 
 
 def save_adapter(model: Any, folder: Path, meta: AdapterMeta) -> int:
@@ -173,8 +181,3 @@ def load_adapter(folder: Path, device: str) -> tuple[Any, Any, AdapterMeta]:
     model = PeftModel.from_pretrained(model, str(folder), is_trainable=False)
     model.eval()
     return model, load_tokenizer(base), meta
-
-
-def model_section(meta: AdapterMeta) -> ModelConfig:
-    """Return the model config an adapter was trained with."""
-    return ModelConfig(base=meta.base_model, task=meta.task, max_length=meta.max_length)

@@ -15,13 +15,13 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pandas as pd
 
 from tuneloop import modeling
+from tuneloop.tokenization import batches
 from tuneloop.config import Config
-from tuneloop.errors import TrainingError
 
 log = logging.getLogger(__name__)
 
@@ -61,18 +61,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def batches(tokenizer: Any, texts: list[str], label_ids: list[int] | None, size: int, max_length: int) -> Iterator[dict]:
-    """Yield tokenized batches, padded to the longest text in each batch (not to max_length)."""
-    import torch
-
-    for start in range(0, len(texts), size):
-        batch = tokenizer(texts[start:start + size], padding=True, truncation=True,
-                          max_length=max_length, return_tensors="pt")
-        if label_ids is not None:
-            batch["labels"] = torch.tensor(label_ids[start:start + size])
-        yield batch
-
-
 def peak_memory_mb(device: str) -> float:
     """Return peak memory: CUDA max allocated on GPU, process max RSS on CPU."""
     import torch
@@ -103,6 +91,32 @@ def _evaluate_dev(model: Any, tokenizer: Any, texts: list[str], ids: list[int], 
     return loss_sum / len(texts), correct / len(texts)
 
 
+def _build(cfg: Config, labels: list[str], device: str) -> tuple[Any, Any, modeling.AdapterMeta]:
+    """Load the base with a fresh head, attach the adapter, and describe it for saving."""
+    base = modeling.resolve_base(cfg.model.base)
+    model = modeling.attach_adapter(
+        modeling.load_classifier(base, labels, cfg.quantization, device), cfg.method, cfg.model.task, cfg.quantization,
+    )
+    base_sha, tok_sha = modeling.fingerprint(base)
+    meta = modeling.AdapterMeta(
+        labels=labels, base_model=cfg.model.base, base_sha256=base_sha, tokenizer_sha256=tok_sha,
+        task=cfg.model.task, max_length=cfg.model.max_length, method=cfg.method.model_dump(),
+        quantization=cfg.quantization.model_dump(),
+    )
+    return model, modeling.load_tokenizer(base), meta
+
+
+def _optimizer(model: Any, cfg: Config, total_steps: int) -> tuple[Any, Any]:
+    """AdamW on the trainable parameters, with linear warmup then linear decay to zero."""
+    import torch
+    from transformers import get_linear_schedule_with_warmup
+
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=cfg.train.learning_rate, weight_decay=cfg.train.weight_decay,
+    )
+    return optimizer, get_linear_schedule_with_warmup(optimizer, int(cfg.train.warmup_ratio * total_steps), total_steps)
+
+
 def train(frame: pd.DataFrame, cfg: Config, out_dir: Path) -> TrainResult:
     """Train an adapter on the rows of `frame` (columns text, label); write it to out_dir/adapter.
 
@@ -114,37 +128,17 @@ def train(frame: pd.DataFrame, cfg: Config, out_dir: Path) -> TrainResult:
     Raises:
         TrainingError: when the model, method or device cannot be used.
     """
-    import torch
-    from transformers import get_linear_schedule_with_warmup
-
     started = time.perf_counter()
     seed_everything(cfg.train.seed)
     device = modeling.pick_device(cfg.runtime.device)
     labels = sorted(frame["label"].unique())
     label_id = {label: i for i, label in enumerate(labels)}
     fit, dev = _dev_split(frame, cfg.train.dev_fraction, cfg.train.seed)
-    base = modeling.resolve_base(cfg.model.base)
-    tokenizer = modeling.load_tokenizer(base)
-    try:
-        model = modeling.attach_adapter(
-            modeling.load_classifier(base, labels, cfg.quantization, device), cfg.method, cfg.model.task, cfg.quantization,
-        )
-    except ValueError as exc:  # peft: target modules not found in the base model
-        raise TrainingError(f"method {cfg.method.name} cannot be applied to {cfg.model.base}: {exc}") from exc
+    model, tokenizer, meta = _build(cfg, labels, device)
     # peft's count, not numel(): bitsandbytes packs two 4-bit weights per stored element.
     trainable, total = model.get_nb_trainable_parameters()
-    base_sha, tok_sha = modeling.fingerprint(base)
-    meta = modeling.AdapterMeta(
-        labels=labels, base_model=cfg.model.base, base_sha256=base_sha, tokenizer_sha256=tok_sha,
-        task=cfg.model.task, max_length=cfg.model.max_length, method=cfg.method.model_dump(),
-        quantization=cfg.quantization.model_dump(),
-    )
-    optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=cfg.train.learning_rate, weight_decay=cfg.train.weight_decay,
-    )
-    steps_per_epoch = math.ceil(len(fit) / cfg.train.batch_size)
-    total_steps = steps_per_epoch * cfg.train.epochs
-    schedule = get_linear_schedule_with_warmup(optimizer, int(cfg.train.warmup_ratio * total_steps), total_steps)
+    total_steps = math.ceil(len(fit) / cfg.train.batch_size) * cfg.train.epochs
+    optimizer, schedule = _optimizer(model, cfg, total_steps)
     dev_texts, dev_ids = dev["text"].tolist(), [label_id[x] for x in dev["label"]]
     log.info("training %s on %s (%s): %d train / %d dev rows, %d labels, %d of %d params trainable (%.2f%%)",
              cfg.method.name, cfg.model.base, device, len(fit), len(dev), len(labels), trainable, total,
@@ -152,6 +146,7 @@ def train(frame: pd.DataFrame, cfg: Config, out_dir: Path) -> TrainResult:
 
     best = {"dev_loss": math.inf, "dev_accuracy": 0.0, "epoch": 0}
     stale, step, seen, loss_ema = 0, 0, 0, None
+    loop_started = time.perf_counter()
     model.train()
     for epoch in range(1, cfg.train.epochs + 1):
         order = fit.sample(frac=1.0, random_state=cfg.train.seed + epoch)
@@ -165,7 +160,7 @@ def train(frame: pd.DataFrame, cfg: Config, out_dir: Path) -> TrainResult:
             step, seen = step + 1, seen + len(batch["labels"])
             loss_ema = loss.item() if loss_ema is None else 0.9 * loss_ema + 0.1 * loss.item()
             if step % cfg.train.log_every == 0 or step == total_steps:
-                rate = seen / (time.perf_counter() - started)
+                rate = seen / (time.perf_counter() - loop_started)
                 left = (total_steps - step) * cfg.train.batch_size / max(rate, 1e-9)
                 log.info("epoch %d/%d step %d/%d loss %.4f %.1f samples/s ~%.0fs left",
                          epoch, cfg.train.epochs, step, total_steps, loss_ema, rate, left)
@@ -185,11 +180,11 @@ def train(frame: pd.DataFrame, cfg: Config, out_dir: Path) -> TrainResult:
     if adapter_dir.exists():
         shutil.rmtree(adapter_dir)
     shutil.copytree(out_dir / "checkpoints" / f"epoch-{best['epoch']}", adapter_dir)
-    wall = time.perf_counter() - started
+    wall, loop_wall = time.perf_counter() - started, time.perf_counter() - loop_started
     return TrainResult(
         adapter_dir=str(adapter_dir), labels=labels, epochs_run=epoch, best_epoch=best["epoch"], steps=step,
         train_loss=float(loss_ema or 0.0), dev_loss=best["dev_loss"], dev_accuracy=best["dev_accuracy"],
         trainable_params=trainable, total_params=total, peak_memory_mb=peak_memory_mb(device),
-        wall_seconds=wall, samples_per_second=seen / wall,
+        wall_seconds=wall, samples_per_second=seen / loop_wall,
         adapter_bytes=sum(f.stat().st_size for f in adapter_dir.iterdir()), device=device,
     )
