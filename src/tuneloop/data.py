@@ -13,6 +13,7 @@ import logging
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -54,11 +55,21 @@ class Snapshot:
         return asdict(self)
 
 
-def init_dvc(root: Path, remote: Path) -> None:
-    """Make `root` (already a git repo) a DVC repo whose default remote is the folder `remote`."""
+def _dvc_repo() -> Any:
+    """Import DVC's Repo, keeping DVC's own console handlers to warnings.
+
+    DVC installs stdout handlers at INFO on import; its INFO lines ("Initialized DVC repository.
+    You can now commit the changes to git.") repeat what tuneloop logs, or advise what it does.
+    """
     from dvc.repo import Repo
 
-    repo = Repo.init(str(root))
+    logging.getLogger("dvc").setLevel(logging.WARNING)
+    return Repo
+
+
+def init_dvc(root: Path, remote: Path) -> None:
+    """Make `root` (already a git repo) a DVC repo whose default remote is the folder `remote`."""
+    repo = _dvc_repo().init(str(root))
     remote.mkdir(parents=True, exist_ok=True)
     with repo.config.edit() as conf:
         conf["remote"][REMOTE_NAME] = {"url": str(remote.resolve())}
@@ -79,8 +90,6 @@ def add_dataset(root: Path, source: Path, name: str) -> DatasetVersion:
         DataError: when the file is missing, empty or of an unsupported format.
         WorkspaceError: when `root` is not a workspace.
     """
-    from dvc.repo import Repo
-
     if not source.is_file():
         raise DataError(f"data file {str(source)!r} not found; pass the path of a CSV, TSV or JSONL file")
     suffix = tables.table_format(source.name)
@@ -94,7 +103,7 @@ def add_dataset(root: Path, source: Path, name: str) -> DatasetVersion:
     target = Path("data") / f"{name}{suffix}"
     (root / "data").mkdir(exist_ok=True)
     shutil.copyfile(source, root / target)
-    repo = Repo(str(root))
+    repo = _dvc_repo()(str(root))
     try:
         repo.add(str(root / target))
         gitrepo.git(root, "add", "--", f"{target}.dvc", "data/.gitignore")

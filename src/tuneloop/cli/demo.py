@@ -1,8 +1,9 @@
 """`tuneloop demo`: the whole loop, offline, on synthetic data, through the real local pipeline.
 
 Three cycles on one workspace: v1 of a synthetic support-ticket dataset (becomes champion), v2 (a
-shifted version; the gate decides against the champion on the same held-out rows), and v2 with
-70% of its labels replaced at random (the gate must reject it).
+shifted version; the gate decides against the champion on v2's held-out rows), and v2 whose
+training rows have 70% of their labels replaced at random while the curated held-out file stays
+clean (the gate must reject it).
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ import tempfile
 import time
 from pathlib import Path
 
+import pandas as pd
 import typer
 
-from tuneloop import data, registry, synthetic, workspace
+from tuneloop import data, registry, synthetic, tables, workspace
 from tuneloop.cli.output import show_table
 from tuneloop.config import load_config
 
@@ -23,6 +25,7 @@ DEMO_CONFIG = """\
 # tuneloop demo config: the defaults, except what keeps the demo to a few minutes on a laptop CPU.
 data:
   path: data/tickets.csv
+  eval_path: data/tickets-eval.csv   # curated held-out rows, committed beside each version
 model:
   max_length: 48            # synthetic tickets are at most 30 words
 train:
@@ -36,10 +39,17 @@ registry:
 """
 
 NOISE = 0.7
+HELD_OUT = 0.3  # ~210 held-out rows of 700: a 1-point macro-F1 gap is then ~2 rows
 
 
 def _banner(text: str) -> None:
     typer.secho(f"\n== {text}", bold=True)
+
+
+def _split(rows: list[tuple[str, str]]) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """Split rows into training and held-out by the same text hash the pipeline uses (no overlap)."""
+    held_out = tables.held_out_mask(pd.Series([text for text, _ in rows]), HELD_OUT).tolist()
+    return [r for r, h in zip(rows, held_out) if not h], [r for r, h in zip(rows, held_out) if h]
 
 
 def run_demo(directory: Path, rows: int) -> None:
@@ -54,19 +64,17 @@ def run_demo(directory: Path, rows: int) -> None:
         "the data is SYNTHETIC: generated support tickets (billing / technical / account), made up on this "
         "machine by tuneloop.synthetic; v2 shifts the vocabulary and the label mix."
     )
-    cycles = [
-        ("v1", synthetic.generate_tickets(1, rows, seed=1)),
-        ("v2", synthetic.generate_tickets(2, rows, seed=2)),
-        (f"v2 + {NOISE:.0%} label noise", synthetic.with_label_noise(synthetic.generate_tickets(2, rows, seed=2), NOISE, seed=3)),
-    ]
+    v1, v2 = _split(synthetic.generate_tickets(1, rows, seed=1)), _split(synthetic.generate_tickets(2, rows, seed=2))
+    cycles = [("v1", *v1), ("v2", *v2),
+              (f"v2, {NOISE:.0%} label noise in training rows", synthetic.with_label_noise(v2[0], NOISE, seed=3), v2[1])]
     summary = []
     launcher = LocalLauncher(cfg.runtime.pipeline_root)
     with tempfile.TemporaryDirectory() as scratch:
-        for name, dataset in cycles:
+        for name, train_rows, held_out_rows in cycles:
             _banner(f"cycle {len(summary) + 1}/3: data {name}")
-            csv_path = synthetic.write_csv(dataset, Path(scratch) / "tickets.csv")
-            version = data.add_dataset(config_path.parent, csv_path, "tickets")
-            typer.echo(f"data {name}: {version.rows} rows committed at rev {version.rev[:8]}")
+            data.add_dataset(config_path.parent, synthetic.write_csv(held_out_rows, Path(scratch) / "tickets-eval.csv"), "tickets-eval")
+            version = data.add_dataset(config_path.parent, synthetic.write_csv(train_rows, Path(scratch) / "tickets.csv"), "tickets")
+            typer.echo(f"data {name}: {version.rows} training + {len(held_out_rows)} held-out rows at rev {version.rev[:8]}")
             result = launcher.run(cfg, version.rev)
             decision = result.decision or {}
             typer.echo(("PASSED: " if decision.get("passed") else "REJECTED: ") + "; ".join(decision.get("reasons", [])))
