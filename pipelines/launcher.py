@@ -90,10 +90,9 @@ class LocalLauncher:
                     task = continuous_training(config=cfg.to_json(), data_rev=data_rev)
             except RuntimeError as exc:
                 raise _step_error(output.failures, log_path) from exc
-        return RunResult(
-            run_id=run_id, state="SUCCEEDED", version=task.outputs["version"],
-            decision=json.loads(task.outputs["decision"]), log_path=str(log_path),
-        )
+        outcome = json.loads(task.output)
+        return RunResult(run_id=run_id, state="SUCCEEDED", version=outcome["version"],
+                         decision=outcome["decision"], log_path=str(log_path))
 
 
 def _step_error(lines: list[str], log_path: Path) -> errors.TuneloopError:

@@ -10,7 +10,8 @@ import yaml
 
 from tuneloop.pipelines.launcher import compile_pipeline
 
-STEPS = ["validate-data", "train-adapter", "evaluate-candidate", "gate-candidate", "register-candidate"]
+STEPS = ["validate-data", "train-adapter", "evaluate-candidate", "gate-candidate"]
+PASSED = "inputs.parameter_values['pipelinechannel--gate-candidate-Output'] == true"
 
 
 @pytest.fixture(scope="module")
@@ -18,32 +19,46 @@ def ir(tmp_path_factory) -> dict:
     return yaml.safe_load(compile_pipeline(tmp_path_factory.mktemp("ir") / "ct.yaml").read_text())
 
 
+def branch_tasks(ir: dict) -> dict:
+    """Tasks inside the gate's If/Else branches, by name."""
+    found = {}
+    for name, component in ir["components"].items():
+        if name.startswith("comp-condition-") and not name.startswith("comp-condition-branches"):
+            found.update(component["dag"]["tasks"])
+    return found
+
+
 def test_steps_and_their_edges(ir):
     tasks = ir["root"]["dag"]["tasks"]
-    assert set(tasks) == set(STEPS) | {"condition-1"}
+    assert set(tasks) == set(STEPS) | {"condition-branches-1"}
     after = {name: set(task.get("dependentTasks", [])) for name, task in tasks.items()}
     assert after["validate-data"] == set()
     assert after["train-adapter"] == {"validate-data"}
     assert after["evaluate-candidate"] == {"validate-data", "train-adapter"}
     assert after["gate-candidate"] == {"evaluate-candidate"}
-    assert {"gate-candidate", "train-adapter", "validate-data"} <= after["register-candidate"]
+    assert "gate-candidate" in after["condition-branches-1"]
 
 
-def test_promotion_happens_only_inside_the_gate_branch(ir):
-    condition = ir["root"]["dag"]["tasks"]["condition-1"]
-    assert condition["triggerPolicy"]["condition"] == "inputs.parameter_values['pipelinechannel--gate-candidate-Output'] == true"
-    assert "register-candidate" in condition["dependentTasks"]
-    branch = ir["components"]["comp-condition-1"]["dag"]["tasks"]
-    assert set(branch) == {"promote-candidate"}
-    inputs = branch["promote-candidate"]["inputs"]["parameters"]
-    assert inputs["version"]["componentInputParameter"] == "pipelinechannel--register-candidate-version"
-    assert inputs["expected_champion"]["componentInputParameter"] == "pipelinechannel--evaluate-candidate-Output"
+def test_promotion_happens_only_in_the_branch_the_gate_passes(ir):
+    branches = ir["components"]["comp-condition-branches-1"]["dag"]["tasks"]
+    conditions = {name: task["triggerPolicy"]["condition"] for name, task in branches.items()}
+    assert sorted(conditions.values()) == sorted([PASSED, f"!({PASSED})"])
+    passed_branch = next(name for name, cond in conditions.items() if cond == PASSED)
+    failed_branch = next(name for name, cond in conditions.items() if cond != PASSED)
+    assert set(ir["components"][f"comp-{passed_branch}"]["dag"]["tasks"]) == {"promote-candidate"}
+    assert set(ir["components"][f"comp-{failed_branch}"]["dag"]["tasks"]) == {"reject-candidate"}
+
+
+def test_both_branches_receive_the_same_evidence(ir):
+    tasks = branch_tasks(ir)
+    promote, reject = (tasks[name]["inputs"] for name in ("promote-candidate", "reject-candidate"))
+    assert set(promote["artifacts"]) == set(reject["artifacts"]) == {"snapshot", "trained", "scores", "decision"}
+    assert set(promote["parameters"]) == set(reject["parameters"]) == {"config", "run_name"}
 
 
 def test_no_step_is_cached_and_none_installs_packages_at_start(ir):
-    tasks = {**ir["root"]["dag"]["tasks"], **ir["components"]["comp-condition-1"]["dag"]["tasks"]}
-    for name, task in tasks.items():
-        if name != "condition-1":
+    for name, task in {**ir["root"]["dag"]["tasks"], **branch_tasks(ir)}.items():
+        if not name.startswith("condition"):
             assert not task.get("cachingOptions", {}).get("enableCache"), name
     for name, executor in ir["deploymentSpec"]["executors"].items():
         command = " ".join(executor["container"]["command"])
@@ -58,3 +73,4 @@ def test_training_requests_cluster_resources(ir):
 
 def test_pipeline_parameters_are_what_an_operator_changes(ir):
     assert set(ir["root"]["inputDefinitions"]["parameters"]) == {"config", "data_rev"}
+    assert ir["root"]["dag"]["outputs"]["parameters"]["Output"]["valueFromParameter"]["producerSubtask"] == "condition-branches-1"

@@ -124,9 +124,13 @@ def register_step(
     return registry.register(cfg.registry, record, run_name)
 
 
-def promote_step(cfg: Config, version: str, decision: GateDecision, expected_champion: str | None, run_name: str) -> str | None:
-    """Make a passed version the champion; return the version it replaced."""
-    return registry.promote(cfg.registry, version, expected_champion, "; ".join(decision.reasons), run_name)
+def promote_step(
+    cfg: Config, snapshot_dir: Path, train_dir: Path, scores: Evaluation, decision: GateDecision, run_name: str,
+) -> Registered:
+    """Register a passed candidate, then make it champion if the champion is still the one it beat."""
+    registered = register_step(cfg, snapshot_dir, train_dir, scores, decision, run_name)
+    registry.promote(cfg.registry, registered.version, scores.champion_version, "; ".join(decision.reasons), run_name)
+    return registered
 
 
 def run_cycle(cfg: Config, rev: str, work_dir: Path, run_name: str = "in-process") -> tuple[GateDecision, Registered]:
@@ -136,7 +140,5 @@ def run_cycle(cfg: Config, rev: str, work_dir: Path, run_name: str = "in-process
     train_step(cfg, snapshot_dir, train_dir)
     scores = evaluate_step(cfg, snapshot_dir, train_dir / "adapter", work_dir)
     decision = gate_step(cfg, scores)
-    registered = register_step(cfg, snapshot_dir, train_dir, scores, decision, run_name)
-    if decision.passed:
-        promote_step(cfg, registered.version, decision, scores.champion_version, run_name)
-    return decision, registered
+    act = promote_step if decision.passed else register_step
+    return decision, act(cfg, snapshot_dir, train_dir, scores, decision, run_name)

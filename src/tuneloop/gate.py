@@ -66,7 +66,7 @@ def decide(candidate: EvalReport, champion: EvalReport | None, cfg: GateConfig) 
         # Round off float noise (0.80 - 0.79 gives 1.0000000000000009 points) so a drop of exactly
         # max_regression passes; metrics are count ratios, so 1e-6 points is below any real change.
         drop = round(100 * (baseline - value), 6)
-        verdict = f"{cfg.metric} {value:.4f} vs champion {baseline:.4f} ({-drop:+.2f} points)"
+        verdict = f"{cfg.metric} {value:.4f} vs champion {baseline:.4f} ({0.0 - drop:+.2f} points)"  # 0.0 - x, not -x: no "-0.00"
         if drop > cfg.max_regression:
             failures.append(f"{verdict} regresses more than gate.max_regression={cfg.max_regression} points")
     return GateDecision(

@@ -109,6 +109,7 @@ def load_classifier(folder: Path, labels: list[str], quant: QuantizationConfig, 
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # the "newly initialized head" report is expected: the head trains
+    hf_logging.disable_progress_bar()  # a per-tensor loading bar, for a model that loads in a second
     kwargs: dict[str, Any] = {
         "num_labels": len(labels),
         "id2label": dict(enumerate(labels)),

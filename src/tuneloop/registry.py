@@ -16,6 +16,7 @@ from __future__ import annotations
 import getpass
 import json
 import logging
+import os
 import socket
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -72,6 +73,8 @@ def _is_empty_sqlite(cfg: RegistryConfig) -> bool:
 
 
 def _client(cfg: RegistryConfig) -> Any:
+    # Adapters are a few hundred KB: a per-file download bar is noise in step logs.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri=cfg.tracking_uri, registry_uri=cfg.tracking_uri)
