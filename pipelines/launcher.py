@@ -19,7 +19,7 @@ from typing import Protocol, TextIO
 
 from tuneloop import errors
 from tuneloop.config import Config
-from tuneloop.errors import PipelineError
+from tuneloop.errors import ConfigError, PipelineError
 
 _ERROR_LINE = re.compile(r"^\s*tuneloop\.errors\.(\w+): (.*)$")
 
@@ -115,14 +115,19 @@ class ClusterLauncher:
 
         from tuneloop.pipelines.continuous_training import continuous_training
 
-        client = kfp.Client(host=self.host)
-        submitted = client.create_run_from_pipeline_func(
-            continuous_training, arguments={"config": cfg.to_json(), "data_rev": data_rev},
-            experiment_name=self.experiment, enable_caching=False,
-        )
-        state = "SUBMITTED"
-        if self.wait:
-            state = str(submitted.wait_for_run_completion().state)
+        try:
+            client = kfp.Client(host=self.host)
+            submitted = client.create_run_from_pipeline_func(
+                continuous_training, arguments={"config": cfg.to_json(), "data_rev": data_rev},
+                experiment_name=self.experiment, enable_caching=False,
+            )
+        except Exception as exc:  # kfp raises HTTP, API and connection errors of many types for one cause
+            raise PipelineError(f"cannot submit to KFP at {self.host}: {exc}; check runtime.host and your access") from exc
+        if not self.wait:
+            return RunResult(run_id=submitted.run_id, state="SUBMITTED")
+        state = str(submitted.wait_for_run_completion().state)
+        if state.upper() not in ("SUCCEEDED", "SUCCESS"):
+            raise PipelineError(f"run {submitted.run_id} ended {state}; see its logs in the Kubeflow UI at {self.host}")
         return RunResult(run_id=submitted.run_id, state=state)
 
 
@@ -134,11 +139,23 @@ def launcher_for(cfg: Config, verbose: bool = False, wait: bool = False) -> Laun
     """
     if cfg.runtime.mode == "local":
         return LocalLauncher(cfg.runtime.pipeline_root, verbose)
-    if not cfg.runtime.host:
-        raise PipelineError("runtime.mode is kfp but runtime.host is empty; set it to the KFP API endpoint")
+    _check_cluster_reachable(cfg)
     # Read when the components are first imported; an explicit TUNELOOP_IMAGE wins.
     os.environ.setdefault("TUNELOOP_IMAGE", cfg.runtime.image)
     return ClusterLauncher(cfg.runtime.host, cfg.registry.experiment, wait)
+
+
+def _check_cluster_reachable(cfg: Config) -> None:
+    """Refuse a config whose stores only exist on this machine: pods could not reach them.
+
+    Raises:
+        ConfigError: naming the key to change.
+    """
+    if cfg.registry.tracking_uri.startswith(("sqlite:", "file:")) or "://" not in cfg.registry.tracking_uri:
+        raise ConfigError(f"registry.tracking_uri {cfg.registry.tracking_uri!r} is local to this machine; "
+                          "on a cluster use the MLflow server's http(s) URI")
+    if "://" not in cfg.data.repo and ":" not in cfg.data.repo.split("/")[0]:
+        raise ConfigError(f"data.repo {cfg.data.repo!r} is a local folder; on a cluster use the data repo's git URL")
 
 
 def compile_pipeline(path: Path) -> Path:

@@ -213,3 +213,20 @@ def test_parse_config_without_root_leaves_paths_as_written():
     cfg = parse_config({"data": {"repo": "rel/repo"}})
     assert cfg.data.repo == "rel/repo"
     assert isinstance(cfg, Config)
+
+
+def test_cluster_mode_needs_a_host():
+    with pytest.raises(ConfigError, match="runtime.mode is kfp but runtime.host is empty; set it to the KFP API endpoint"):
+        parse_config({"runtime": {"mode": "kfp"}})
+
+
+def test_model_name_rejects_characters_mlflow_refuses():
+    with pytest.raises(ConfigError, match="registry.model_name"):
+        parse_config({"registry": {"model_name": "team/classifier"}})
+
+
+def test_a_base_model_folder_next_to_the_config_resolves(tmp_path):
+    (tmp_path / "models" / "bert").mkdir(parents=True)
+    cfg = parse_config({"model": {"base": "models/bert"}}, tmp_path)
+    assert cfg.model.base == str((tmp_path / "models" / "bert").resolve())
+    assert parse_config({"model": {"base": "org/some-model"}}, tmp_path).model.base == "org/some-model"

@@ -74,3 +74,18 @@ def test_training_requests_cluster_resources(ir):
 def test_pipeline_parameters_are_what_an_operator_changes(ir):
     assert set(ir["root"]["inputDefinitions"]["parameters"]) == {"config", "data_rev"}
     assert ir["root"]["dag"]["outputs"]["parameters"]["Output"]["valueFromParameter"]["producerSubtask"] == "condition-branches-1"
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"registry": {"tracking_uri": "sqlite:///mlflow.db"}, "data": {"repo": "https://git.example/data.git"}},
+     "registry.tracking_uri .* is local to this machine"),
+    ({"registry": {"tracking_uri": "http://mlflow:5000"}, "data": {"repo": "."}}, "data.repo .* is a local folder"),
+])
+def test_cluster_launcher_refuses_stores_pods_cannot_reach(change, message, tmp_path):
+    from tuneloop.config import parse_config
+    from tuneloop.errors import ConfigError
+    from tuneloop.pipelines.launcher import launcher_for
+
+    cfg = parse_config({"runtime": {"mode": "kfp", "host": "http://kfp.example"}, **change}, tmp_path)
+    with pytest.raises(ConfigError, match=message):
+        launcher_for(cfg)

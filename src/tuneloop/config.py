@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from tuneloop.errors import ConfigError
 
@@ -63,8 +63,16 @@ class ModelConfig(_Strict):
         DEFAULT_BASE_MODEL,
         description="Local model folder, hub id (offline: must be cached), or the packaged MiniLM.",
     )
-    task: Literal["sequence_classification"] = "sequence_classification"
+    task: Literal["sequence_classification"] = Field("sequence_classification", description="The only task so far.")
     max_length: int = Field(128, ge=8, le=8192, description="Tokens per example after truncation.")
+
+    @field_validator("base")
+    @classmethod
+    def _base_path(cls, value: str, info: ValidationInfo) -> str:
+        # A folder next to the config resolves like every other path; anything else (the packaged
+        # MiniLM, a hub id such as org/name) is kept as written.
+        root = (info.context or {}).get("root")
+        return _resolve(value, info) if root is not None and (Path(root) / value).is_dir() else value
 
 
 class LoraMethod(_Strict):
@@ -135,9 +143,12 @@ class RegistryConfig(_Strict):
     """MLflow tracking and model registry."""
 
     tracking_uri: str = Field("sqlite:///mlflow.db", description="Relative sqlite paths resolve next to the config.")
-    artifact_root: str = Field("mlartifacts", description="Where new experiments store artifacts.")
+    artifact_root: str = Field(
+        "mlartifacts", description="Where new experiments store artifacts with a sqlite/file store (a server decides its own)."
+    )
     experiment: str = "tuneloop"
-    model_name: str = Field("tuneloop-classifier", min_length=1, max_length=200)
+    model_name: str = Field("tuneloop-classifier", min_length=1, max_length=200, pattern=r"^[^/:]+$",
+                            description="Registered model name (no '/' or ':', which MLflow rejects).")
 
     @field_validator("tracking_uri")
     @classmethod
@@ -161,6 +172,12 @@ class RuntimeConfig(_Strict):
     image: str = Field("ghcr.io/tuneloop/tuneloop:0.1.0", description="Image every component runs in on a cluster.")
     pipeline_root: str = Field("runs", description="Local runner output folder (relative to the config).")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @model_validator(mode="after")
+    def _host_for_cluster(self) -> "RuntimeConfig":
+        if self.mode == "kfp" and not self.host:
+            raise ValueError("runtime.mode is kfp but runtime.host is empty; set it to the KFP API endpoint")
+        return self
 
     @field_validator("pipeline_root")
     @classmethod
@@ -199,6 +216,8 @@ def _describe(error: dict[str, Any]) -> str:
         return f"{key}: unknown method {error['input'].get('name')!r}; use one of: lora, ia3"
     if kind == "union_tag_not_found":
         return f"{key}: no method name; add `name:` with one of: lora, ia3"
+    if kind == "value_error":  # our own validators already name the key and the fix
+        return error["msg"].removeprefix("Value error, ")
     value = error.get("input")
     shown = json.dumps(value, default=str) if not isinstance(value, dict) else "{...}"
     return f"{key} = {shown}: {error['msg'].lower()}; fix the value (see `tuneloop config schema`)"

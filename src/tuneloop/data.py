@@ -103,6 +103,8 @@ def add_dataset(root: Path, source: Path, name: str) -> DatasetVersion:
     target = Path("data") / f"{name}{suffix}"
     (root / "data").mkdir(exist_ok=True)
     shutil.copyfile(source, root / target)
+    from dvc.exceptions import DvcException
+
     repo = _dvc_repo()(str(root))
     try:
         repo.add(str(root / target))
@@ -112,6 +114,8 @@ def add_dataset(root: Path, source: Path, name: str) -> DatasetVersion:
         else:  # the same bytes are already tracked: adding them again is a no-op, not an error
             rev = gitrepo.git(root, "log", "-1", "--format=%H", "--", f"{target}.dvc")
         repo.push()
+    except DvcException as exc:  # e.g. an unreachable remote; a rerun resumes (re-adding is a no-op)
+        raise DataError(f"dvc could not track or push {target}: {exc}; fix the remote (.dvc/config) and rerun") from exc
     finally:
         repo.close()
     rows = tables.count_records(raw, str(target))
@@ -129,8 +133,7 @@ def read_at(repo: str, rev: str, path: str) -> tuple[bytes, str]:
     import dvc.api
     from dvc.exceptions import DvcException, PathMissingError
 
-    local = Path(repo)
-    resolved = gitrepo.resolve_rev(local, rev) if local.is_dir() else rev
+    resolved = gitrepo.resolve_rev(repo, rev)
     try:
         raw = dvc.api.read(path, repo=repo, rev=resolved, mode="rb")
     except (FileNotFoundError, PathMissingError) as exc:
@@ -189,6 +192,12 @@ def prepare(cfg: DataConfig, rev: str, out_dir: Path, champion_labels: list[str]
 
 
 def load_snapshot(snapshot_dir: Path) -> tuple[Snapshot, pd.DataFrame, pd.DataFrame]:
-    """Read a snapshot folder written by `prepare`: its metadata, train rows and held-out rows."""
+    """Read a snapshot folder written by `prepare`: its metadata, train rows and held-out rows.
+
+    Raises:
+        DataError: when the folder holds no snapshot.
+    """
+    if not (snapshot_dir / META_FILE).is_file():
+        raise DataError(f"{snapshot_dir} holds no data snapshot; create it with `tuneloop data validate --out {snapshot_dir}`")
     meta = Snapshot(**json.loads((snapshot_dir / META_FILE).read_text()))
     return meta, tables.read_frame(snapshot_dir / TRAIN_FILE), tables.read_frame(snapshot_dir / HELD_OUT_FILE)

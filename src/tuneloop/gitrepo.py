@@ -36,15 +36,32 @@ def is_repo(path: Path) -> bool:
 
 
 def resolve_rev(repo: Path | str, rev: str) -> str:
-    """Return the full commit sha that `rev` names in a local repository.
+    """Return the full commit sha that `rev` names, in a local folder or a remote git URL.
+
+    A run records this sha, never a moving name like HEAD, so it can be reproduced.
 
     Raises:
         DataError: when the revision does not exist.
     """
+    if not Path(repo).is_dir():
+        return _resolve_remote(str(repo), rev)
     sha = git(repo, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}", check=False)
     if not sha:
         raise DataError(f"rev {rev!r} not found in {repo}; pass a commit, tag or branch listed by `git log`")
     return sha
+
+
+def _resolve_remote(url: str, rev: str) -> str:
+    if len(rev) == 40 and all(c in "0123456789abcdef" for c in rev.lower()):
+        return rev.lower()  # a full sha names itself; ls-remote lists only refs
+    done = subprocess.run(["git", "ls-remote", url, rev], capture_output=True, text=True)
+    if done.returncode != 0:
+        first = (done.stderr.strip().splitlines() or ["no answer"])[0]
+        raise DataError(f"cannot reach data repo {url} ({first}); check data.repo and access")
+    lines = done.stdout.split()
+    if not lines:
+        raise DataError(f"rev {rev!r} not found in {url}; pass a branch, a tag or a full commit sha")
+    return lines[0]
 
 
 def has_staged_changes(repo: Path) -> bool:

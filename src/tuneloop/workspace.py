@@ -63,6 +63,7 @@ stages:
     cmd: tuneloop evaluate --config {params} --snapshot outputs/snapshot --trained outputs/trained --out outputs/scores.json
     deps: [outputs/snapshot, outputs/trained]
     metrics: [outputs/scores.json: {{cache: false}}]
+    always_changed: true  # it scores the live champion too, which DVC cannot see change
   gate:
     cmd: tuneloop gate --config {params} --scores outputs/scores.json --out outputs/decision.json
     deps: [outputs/scores.json]

@@ -19,7 +19,7 @@ from tuneloop import data, registry, synthetic, tables, workspace
 from tuneloop.cli.output import show_table
 from tuneloop.config import load_config
 
-# Sized for ~5 minutes on 2 CPU cores with the packaged MiniLM: tickets are 8–30 words (< 48
+# Sized for ~3.5 minutes on 2 CPU cores with the packaged MiniLM: tickets are 8–30 words (< 48
 # tokens), and LoRA at lr 3e-3 with batch 8 reaches ~0.95 accuracy on v1 in 2 epochs of ~560 rows.
 DEMO_CONFIG = """\
 # tuneloop demo config: the defaults, except what keeps the demo to a few minutes on a laptop CPU.

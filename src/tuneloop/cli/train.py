@@ -10,6 +10,7 @@ import typer
 
 from tuneloop import cycle
 from tuneloop.cli.context import CONFIG_HELP, config_for
+from tuneloop.errors import DataError
 
 SNAPSHOT = typer.Option(Path("outputs/snapshot"), "--snapshot", help="Snapshot folder from `data validate`.")
 TRAINED = typer.Option(Path("outputs/trained"), "--trained", help="Folder from `train`.")
@@ -35,6 +36,8 @@ def evaluate(
     config: Optional[Path] = CONFIG,
 ) -> None:
     """Score the trained adapter and the current champion on the snapshot's held-out rows."""
+    if not (trained / "adapter").is_dir():
+        raise DataError(f"{trained} holds no trained adapter; create it with `tuneloop train --out {trained}`")
     result = cycle.evaluate_step(config_for(config), snapshot, trained / "adapter", out.parent / "evaluate-work")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result.to_dict(), indent=2))
@@ -48,6 +51,8 @@ def gate(
     config: Optional[Path] = CONFIG,
 ) -> None:
     """Apply the gate to a scores file; write the decision (exit 0 whether it passes or not)."""
+    if not scores.is_file():
+        raise DataError(f"scores file {str(scores)!r} not found; create it with `tuneloop evaluate --out {scores}`")
     decision = cycle.gate_step(config_for(config), cycle.Evaluation.from_dict(json.loads(scores.read_text())))
     out.write_text(json.dumps(decision.to_dict(), indent=2))
     typer.echo(f"gate {'passed' if decision.passed else 'rejected'}: " + "; ".join(decision.reasons))
