@@ -89,3 +89,18 @@ def test_cluster_launcher_refuses_stores_pods_cannot_reach(change, message, tmp_
     cfg = parse_config({"runtime": {"mode": "kfp", "host": "http://kfp.example"}, **change}, tmp_path)
     with pytest.raises(ConfigError, match=message):
         launcher_for(cfg)
+
+
+def test_a_failing_step_surfaces_as_its_own_one_line_error(tmp_path, tickets_csv):
+    """A step that raises inside the local runner comes back as the same error class and message."""
+    from tuneloop import data, workspace
+    from tuneloop.config import load_config
+    from tuneloop.errors import DataError
+    from tuneloop.pipelines.launcher import LocalLauncher
+
+    config = workspace.init(tmp_path / "ws", config_text="data: {path: data/tickets.csv, labels: [billing]}\n")
+    rev = data.add_dataset(config.parent, tickets_csv, "tickets").rev
+    cfg = load_config(config)
+    with pytest.raises(DataError, match=r"problem\(s\) in data/tickets.csv@.*label 'account' is not in the allowed labels"):
+        LocalLauncher(cfg.runtime.pipeline_root).run(cfg, rev)
+    assert list((config.parent / "runs").glob("ct-*.log")), "the full step output is kept in a log file"
