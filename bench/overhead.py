@@ -48,13 +48,15 @@ else:
 def make_workspace(root: Path) -> tuple[Path, str]:
     """A fresh workspace with the bench data committed; return its config and the data rev."""
     from tuneloop import data, synthetic, workspace
+    from tuneloop.config import load_config
 
     rows = [(line, label) for label in ("pos", "neg")
             for line in (SHARED / f"rt-polarity.{label}").read_text(encoding="utf-8").splitlines()]
     random.Random(0).shuffle(rows)
     config = workspace.init(root, config_text=CONFIG)
-    data.add_dataset(root, synthetic.write_csv(rows[:2000], root.parent / f"{root.name}-train.csv"), "train")
-    rev = data.add_dataset(root, synthetic.write_csv(rows[2000:3000], root.parent / f"{root.name}-eval.csv"), "eval").rev
+    cfg = load_config(config).data
+    data.add_dataset(root, synthetic.write_csv(rows[:2000], root.parent / f"{root.name}-train.csv"), "train", cfg)
+    rev = data.add_dataset(root, synthetic.write_csv(rows[2000:3000], root.parent / f"{root.name}-eval.csv"), "eval", cfg).rev
     return config, rev
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from tests.conftest import tiny_config_text
 from tuneloop import data, workspace
+from tuneloop.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,7 +25,7 @@ def test_repository_template_matches_what_init_writes():
 def test_dvc_repro_runs_the_steps_through_the_cli(tmp_path, tiny_model, tickets_csv):
     config = workspace.init(tmp_path / "ws", config_text=tiny_config_text(tiny_model))
     root = config.parent
-    data.add_dataset(root, tickets_csv, "tickets")
+    data.add_dataset(root, tickets_csv, "tickets", load_config(config).data)
     done = subprocess.run(["dvc", "repro"], cwd=root, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     decision = json.loads((root / "outputs" / "decision.json").read_text())

@@ -51,9 +51,9 @@ def test_lora_on_minilm_reaches_075_on_rt_polarity_through_the_pipeline(tmp_path
     rows = polarity_rows()
     config_path = workspace.init(tmp_path / "ws", config_text=CONFIG)
     root = config_path.parent
-    data.add_dataset(root, synthetic.write_csv(rows[:2000], tmp_path / "train.csv"), "train")
-    rev = data.add_dataset(root, synthetic.write_csv(rows[2000:3000], tmp_path / "eval.csv"), "eval").rev
     cfg = load_config(config_path)
+    data.add_dataset(root, synthetic.write_csv(rows[:2000], tmp_path / "train.csv"), "train", cfg.data)
+    rev = data.add_dataset(root, synthetic.write_csv(rows[2000:3000], tmp_path / "eval.csv"), "eval", cfg.data).rev
 
     result = LocalLauncher(cfg.runtime.pipeline_root).run(cfg, rev)
 

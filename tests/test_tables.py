@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import re
 
 import pandas as pd
@@ -35,23 +36,24 @@ def test_jsonl_with_custom_keys_skips_blank_lines_and_stringifies_labels():
     assert rows(frame) == [(1, "hello", "1"), (2, "bye", "0"), (3, "what", "2")]
 
 
-def test_jsonl_missing_key_in_a_later_record_is_kept_as_a_missing_value():
-    frame = parse_table(b'{"text": "a", "label": "x"}\n{"text": "b"}\n', "d.jsonl", "text", "label")
+@pytest.mark.parametrize("raw", [b'{"text": "a", "label": "x"}\n{"text": "b"}\n', b'{"text": "b"}\n{"text": "a", "label": "x"}\n'])
+def test_jsonl_key_missing_from_some_records_is_a_missing_value(raw):
+    frame = parse_table(raw, "d.jsonl", "text", "label")
     assert frame["row"].tolist() == [1, 2]
-    assert frame["label"].isna().tolist() == [False, True]
+    assert frame["label"].isna().tolist() == [raw.startswith(b'{"text": "b"}'), not raw.startswith(b'{"text": "b"}')]
 
 
 def test_missing_column_names_the_columns_found():
     with pytest.raises(
         DataError,
-        match=r"^data file 'd\.csv' has no column 'text' or 'label' \(found: id, body, topic\); "
+        match=r"^data file 'd\.csv' has no column 'text' or 'label' \(found: 'id', 'body', 'topic'\); "
         r"set data\.text_column / data\.label_column$",
     ):
         parse_table(b"id,body,topic\n1,hi,a\n", "d.csv", "text", "label")
 
 
 def test_missing_key_in_jsonl_names_the_keys_found():
-    with pytest.raises(DataError, match=r"has no column 'text' or 'label' \(found: msg, y\)"):
+    with pytest.raises(DataError, match=r"has no column 'text' or 'label' \(found: 'msg', 'y'\)"):
         parse_table(b'{"msg": "hi", "y": "a"}\n', "d.jsonl", "text", "label")
 
 
@@ -72,9 +74,90 @@ def test_invalid_json_names_the_physical_line():
         parse_table(raw, "d.jsonl", "text", "label")
 
 
-def test_json_that_is_not_an_object_names_the_line():
-    with pytest.raises(DataError, match=r"^d\.jsonl: line 2 is not a JSON object; write one object per line$"):
-        parse_table(b'{"text": "a", "label": "x"}\n["b", "y"]\n', "d.jsonl", "text", "label")
+# A file that cannot be read as a table at all: one DataError line naming the file, line or column.
+FILE_ERRORS = [
+    ("d.jsonl", b'{"text": "a", "label": "x"}\n["b", "y"]\n',
+     r"^d\.jsonl: line 2 is a JSON array, not an object; write one object per line$"),
+    ("d.jsonl", b'{"text": "a", "label": "x"}\n\n42\n', r"^d\.jsonl: line 3 is a JSON number, not an object; write one"),
+    ("d.jsonl", b'null\n', r"^d\.jsonl: line 1 is a JSON null, not an object;"),
+    ("d.jsonl", b'"just text"\n', r"^d\.jsonl: line 1 is a JSON string, not an object;"),
+    ("d.jsonl", b'{"text": NaN, "label": "x"}\n',
+     r"^d\.jsonl: line 1 is not valid JSON \(NaN is not a JSON value\); fix or remove the line$"),
+    ("d.jsonl", b'{"text": "a", "label": "x", "label": "y"}\n',
+     r"^d\.jsonl: line 1 is not valid JSON \(repeats the key 'label'\); fix or remove the line$"),
+    ("d.csv", b"text,label,text\na,b,c\n",
+     r"^data file 'd\.csv' repeats the column 'text' in its header; rename or remove the extra column$"),
+    ("d.tsv", b"label\ttext\tlabel\nx\ty\tz\n", r"^data file 'd\.tsv' repeats the column 'label' in its header;"),
+    ("d.csv", b"body,topic\n", r"^data file 'd\.csv' has no column 'text' or 'label' \(found: 'body', 'topic'\); set data"),
+    ("d.csv", b"text, label\nhi, a\n", r"has no column 'text' or 'label' \(found: 'text', ' label'\)"),
+    ("d.csv", b"\ntext,label\nhi,a\n", r"has no column 'text' or 'label' \(found: \(none\)\)"),
+    ("d.csv", ",".join(f"column_{i}" for i in range(50)).encode() + b"\n",
+     r"\(found: 'column_0', 'column_1', .{60,100}…\); set data\.text_column / data\.label_column$"),
+    ("d.csv", "text,label\nhi,a\n".encode("utf-16"),
+     r"^data file 'd\.csv' is UTF-16 or UTF-32 \(little-endian\) \(it starts with that byte order mark\); re-save it as UTF-8$"),
+    ("d.csv", "text,label\nhi,a\n".encode("utf-16-be").join([b"\xfe\xff", b""]), r"is UTF-16 \(big-endian\)"),
+]
+
+
+@pytest.mark.parametrize("path, raw, message", FILE_ERRORS)
+def test_unreadable_tables_name_the_line_and_the_fix(path, raw, message):
+    with pytest.raises(DataError, match=message) as caught:
+        parse_table(raw, path, "text", "label")
+    assert "\n" not in str(caught.value)
+
+
+def test_text_column_equal_to_label_column():
+    with pytest.raises(DataError, match=r"^data\.text_column and data\.label_column are both 'text'; name two different columns$"):
+        parse_table(b"text,label\nhi,a\n", "d.csv", "text", "text")
+
+
+@pytest.mark.parametrize("size", [131_073, 5_000_000])
+def test_a_field_over_the_csv_module_limit_is_parsed_and_the_limit_restored(size):
+    limit = csv.field_size_limit()
+    raw = b"text,label\nshort,a\n\"" + b"x" * size + b"\",b\nlast,c\n"
+    frame = parse_table(raw, "d.csv", "text", "label")
+    assert frame["row"].tolist() == [1, 2, 3]
+    assert frame["text"].str.len().tolist() == [5, size, 4]
+    assert count_records(raw, "d.csv") == 3
+    assert csv.field_size_limit() == limit
+
+
+def test_csv_limit_is_restored_when_parsing_fails():
+    limit = csv.field_size_limit()
+    with pytest.raises(DataError, match=r"^d\.csv: line 3 has more cells than the header"):
+        parse_table(b"text,label\n\"" + b"y" * 200_000 + b"\",a\nx,b,c\n", "d.csv", "text", "label")
+    assert csv.field_size_limit() == limit
+
+
+def test_jsonl_arrays_and_objects_are_marked_not_stringified():
+    raw = b'{"text": ["a", "b"], "label": "x"}\n{"text": "fine", "label": {"id": 1}}\n{"text": {}, "label": []}\n'
+    frame = parse_table(raw, "d.jsonl", "text", "label")
+    assert frame["malformed"].tolist() == ["text:array", "label:object", "text:object,label:array"]
+    assert frame["text"].isna().tolist() == [True, False, True]
+    assert frame["label"].isna().tolist() == [False, True, True]
+
+
+def test_jsonl_booleans_keep_their_json_spelling():
+    frame = parse_table(b'{"text": "a", "label": true}\n{"text": "b", "label": false}\n', "d.jsonl", "text", "label")
+    assert rows(frame) == [(1, "a", "true"), (2, "b", "false")]
+
+
+def test_lone_surrogates_are_replaced_and_marked():
+    raw = b'{"text": "bad \\ud800 here", "label": "x"}\n{"text": "pair \\ud83d\\ude00 ok", "label": "lo\\udfffne"}\n'
+    frame = parse_table(raw, "d.jsonl", "text", "label")
+    assert rows(frame) == [(1, "bad \ufffd here", "x"), (2, "pair \U0001f600 ok", "lo\ufffdne")]
+    assert frame["malformed"].tolist() == ["text:\\ud800", "label:\\udfff"]
+
+
+def test_control_characters_are_kept_for_validation_to_judge():
+    frame = parse_table(b"text,label\n\"nul\x00here\",a\nesc\x1b,b\x7f\n", "d.csv", "text", "label")
+    assert rows(frame) == [(1, "nul\x00here", "a"), (2, "esc\x1b", "b\x7f")]
+    assert frame["malformed"].tolist() == ["", ""]
+
+
+def test_jsonl_with_crlf_and_bom():
+    frame = parse_table('\ufeff{"text": "a", "label": "x"}\r\n{"text": "b", "label": "y"}\r\n'.encode(), "d.jsonl", "text", "label")
+    assert rows(frame) == [(1, "a", "x"), (2, "b", "y")]
 
 
 def test_csv_row_with_extra_cells_names_the_line():
@@ -156,6 +239,7 @@ def test_write_then_read_frame_round_trips(tmp_path):
         b'text,label\nhello,001\n123,2\n"multi\nline \xc3\xa9",x\n,y\nnull,\n\xff bad,z\n'
     )
     frame = parse_table(raw, "d.csv", "text", "label")
+    frame.loc[1, "malformed"] = "label:array"
     write_frame(frame, tmp_path / "f.jsonl")
     back = read_frame(tmp_path / "f.jsonl")
     pd.testing.assert_frame_equal(back, frame)
@@ -174,3 +258,10 @@ def test_round_trip_of_an_empty_frame(tmp_path):
     back = read_frame(tmp_path / "e.jsonl")
     assert back.empty
     assert list(back.columns) == COLUMNS
+
+
+def test_read_frame_of_a_snapshot_without_the_malformed_column(tmp_path):
+    (tmp_path / "old.jsonl").write_text('{"row": 1, "text": "hi", "label": "a", "undecodable": false}\n')
+    back = read_frame(tmp_path / "old.jsonl")
+    assert list(back.columns) == COLUMNS
+    assert back["malformed"].tolist() == [""]

@@ -11,14 +11,26 @@ import pytest
 
 from tuneloop.errors import DataError
 from tuneloop.tables import COLUMNS, parse_table
-from tuneloop.validation import Problem, ValidationReport, raise_for_problems, validate
+from tuneloop.validation import (
+    MAX_LABEL_CHARS,
+    MAX_TEXT_CHARS,
+    Problem,
+    ValidationReport,
+    merge_capped,
+    raise_for_problems,
+    validate,
+    validate_file,
+)
 
 EMOTION = Path("/work/shared/data/emotion")
 EMOTION_LABELS = ["anger", "fear", "joy", "love", "sadness", "surprise"]
 
 
-def frame(pairs, start=1, undecodable=()):
-    """Build a normalized frame from (text, label) tuples; rows are numbered from `start`."""
+def frame(pairs, start=1, undecodable=(), malformed=None):
+    """Build a normalized frame from (text, label) tuples; rows are numbered from `start`.
+
+    `malformed` maps a row number to the parser's note for it (e.g. "text:array"; see tuneloop.tables).
+    """
     rows = range(start, start + len(pairs))
     return pd.DataFrame(
         {
@@ -26,6 +38,7 @@ def frame(pairs, start=1, undecodable=()):
             "text": [text for text, _ in pairs],
             "label": [label for _, label in pairs],
             "undecodable": [row in undecodable for row in rows],
+            "malformed": [(malformed or {}).get(row, "") for row in rows],
         },
         columns=COLUMNS,
     )
@@ -186,6 +199,125 @@ def test_dataset_problems_come_first():
         ("missing_text", "train", 3),
         ("unknown_label", "held_out", 102),
     ]
+
+
+# One row added to the clean TRAIN (so it is row 5) or HELD_OUT (row 103): what it is, where, and
+# the problems it must raise, each as (check, split, row, exact message).
+ROW_CASES = [
+    ("NUL in a text", "train", ("nul\x00byte", "pos"), {}, [
+        ("control_characters", "train", 5, "row 5 (train): text holds the control character '\\x00' at character 4; "
+         "delete it (tab, newline and carriage return are the only ones allowed)")]),
+    ("escape in a held-out text", "held_out", ("\x1b[31mred", "neg"), {}, [
+        ("control_characters", "held_out", 103, "row 103 (held_out): text holds the control character '\\x1b' at "
+         "character 1; delete it (tab, newline and carriage return are the only ones allowed)")]),
+    ("vertical tab, whitespace to str.split", "train", ("a\x0bb", "pos"), {}, [
+        ("control_characters", "train", 5, "row 5 (train): text holds the control character '\\x0b' at character 2; "
+         "delete it (tab, newline and carriage return are the only ones allowed)")]),
+    ("DEL in a label", "train", ("fine text", "pos\x7f"), {}, [
+        ("control_characters", "train", 5, "row 5 (train): label holds the control character '\\x7f' at character 4; "
+         "delete it (tab, newline and carriage return are the only ones allowed)")]),
+    ("text just over the size limit", "train", ("x" * (MAX_TEXT_CHARS + 1), "pos"), {}, [
+        ("too_long", "train", 5, "row 5 (train): text is 100,001 characters, over the limit of 100,000; shorten or "
+         "split the text (an unbalanced quote can also merge many rows into one field)")]),
+    ("label over its limit", "train", ("fine text", "p" * (MAX_LABEL_CHARS + 1)), {}, [
+        ("too_long", "train", 5, "row 5 (train): label is 201 characters, over the limit of 200; a label is a class "
+         "name; check data.label_column")]),
+    ("label with a leading space", "train", ("fine text", " pos"), {}, [
+        ("label_whitespace", "train", 5, "row 5 (train): label ' pos' has whitespace around it, so it would be a "
+         "class apart from 'pos'; strip the label")]),
+    ("label that is only whitespace", "train", ("fine text", " \t"), {}, [
+        ("missing_label", "train", 5, "row 5 (train): label is empty; label the row or remove it")]),
+    ("JSON array as text", "train", (None, "pos"), {"malformed": "text:array"}, [
+        ("not_a_string", "train", 5, "row 5 (train): text is a JSON array, not a string; write the text as a JSON string")]),
+    ("JSON object as label", "held_out", ("so so", None), {"malformed": "label:object"}, [
+        ("not_a_string", "held_out", 103, "row 103 (held_out): label is a JSON object, not a string; write the label "
+         "as a JSON string")]),
+    ("lone surrogate in a text", "train", ("bad \ufffd", "pos"), {"malformed": "text:\\ud800"}, [
+        ("invalid_unicode", "train", 5, "row 5 (train): text holds the lone surrogate '\\ud800', which is not valid "
+         "Unicode and cannot be encoded as UTF-8; remove the '\\ud800' escape or complete its surrogate pair")]),
+    ("two defects in one row", "train", ("\x00", "pos "), {}, [
+        ("control_characters", "train", 5, "row 5 (train): text holds the control character '\\x00' at character 1; "
+         "delete it (tab, newline and carriage return are the only ones allowed)"),
+        ("label_whitespace", "train", 5, "row 5 (train): label 'pos ' has whitespace around it, so it would be a "
+         "class apart from 'pos'; strip the label")]),
+]
+
+
+@pytest.mark.parametrize("name, split, pair, extra, expected", ROW_CASES, ids=[case[0] for case in ROW_CASES])
+def test_row_problems(name, split, pair, extra, expected):
+    train, held_out = list(TRAIN), list(HELD_OUT)
+    (train if split == "train" else held_out).append(pair)
+    row = 5 if split == "train" else 103
+    malformed = {row: extra["malformed"]} if "malformed" in extra else None
+    report = validate(
+        frame(train, malformed=malformed if split == "train" else None),
+        frame(held_out, start=101, malformed=malformed if split == "held_out" else None),
+        source="s",
+    )
+    assert [(p.check, p.split, p.row, p.message) for p in report.problems] == expected
+
+
+@pytest.mark.parametrize("text", ["tab\there", "new\nline", "crlf\r\nend", "x" * MAX_TEXT_CHARS, "émoji 😀"])
+def test_allowed_characters_and_sizes_pass(text):
+    assert check(TRAIN + [(text, "pos")]).ok
+
+
+def test_too_few_rows_to_carve_the_dev_split():
+    report = check([("only row", "pos")], held_out=[("other", "pos")])
+    assert found(report) == [("too_few_rows", "", None), ("single_class", "", None)]
+    assert report.problems[0].message == (
+        "train split of data/train.csv@abc1234 has 1 row(s); training sets aside a dev split and needs at least 2, "
+        "so add rows or lower data.eval_fraction"
+    )
+    assert found(check(TRAIN, min_train_rows=5)) == [("too_few_rows", "", None)]
+    assert check(TRAIN, min_train_rows=4).ok
+
+
+def test_validate_file_judges_rows_labels_and_repeats_but_not_classes():
+    pairs = [("card declined", "billing"), ("app crashes", "bug"), ("Card  declined", "billing"), ("app crashes", "technical")]
+    report = validate_file(frame(pairs), source="data file 'x.csv'", allowed_labels=["billing", "technical"])
+    assert [(p.check, p.split, p.row) for p in report.problems] == [
+        ("unknown_label", "file", 2), ("duplicate", "file", 3), ("conflicting_labels", "file", 4),
+    ]
+    assert report.problems[0].message.startswith("row 2 (file): label 'bug' is not in the allowed labels")
+    assert report.summary().startswith("3 problem(s) in data file 'x.csv': row 2 (file): ")
+    assert validate_file(frame([("one class only", "billing")]), source="f").ok  # a frozen eval file may hold one
+    assert [p.check for p in validate_file(frame(pairs[:3]), source="f", allow_duplicates=True).problems] == []
+
+
+def test_validate_file_without_rows():
+    report = validate_file(frame([]), source="data file 'x.csv'")
+    assert [(p.check, p.message) for p in report.problems] == [
+        ("empty_dataset", "data file 'x.csv' has no rows; add rows below the header"),
+    ]
+
+
+def test_merge_capped_keeps_full_problems_and_adds_what_the_cap_causes():
+    train = [("great", "pos"), ("lovely", "pos"), ("bad", "neg"), ("great", "pos"), ("worse", "neg")]
+    held_out = [("fine", "pos"), ("awful", "neg")]
+    full = validate(frame(train), frame(held_out, start=101), source="s", champion_labels=["neg", "pos"])
+    capped = validate(frame(train[:2]), frame(held_out, start=101), source="s", champion_labels=["neg", "pos"])
+    merged = merge_capped(full, capped, "data.max_train_rows: 2")
+    assert found(merged) == [
+        ("single_class", "", None), ("label_set_changed", "", None),
+        ("duplicate", "train", 4), ("unknown_label", "held_out", 102),
+    ]
+    assert merged.problems[0].message == (
+        "train split has only the label 'pos'; classification needs at least two labels, so add rows of another "
+        "class (with data.max_train_rows: 2; raise or unset the cap)"
+    )
+    assert merged.problems[3].message.endswith("add train rows with this label or fix the row (with data.max_train_rows: 2; "
+                                               "raise or unset the cap)")
+    assert (merged.train_rows, merged.held_out_rows, merged.labels) == (2, 2, ["pos"])
+
+
+def test_merge_capped_reports_a_problem_both_reports_hold_once():
+    train = [("a", "pos"), ("a", "pos"), ("b", "pos")]
+    full = validate(frame(train), frame([("c", "pos")], start=101), source="s")
+    capped = validate(frame(train[:2]), frame([("c", "pos")], start=101), source="s")
+    merged = merge_capped(full, capped, "data.max_train_rows: 2")
+    assert found(merged) == [("single_class", "", None), ("duplicate", "train", 2)]
+    assert "raise or unset the cap" not in merged.summary()
 
 
 def test_summary_is_one_line_and_truncates():

@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import posixpath
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,7 +21,7 @@ import pandas as pd
 
 from tuneloop import gitrepo, tables, validation
 from tuneloop.config import DataConfig
-from tuneloop.errors import DataError, WorkspaceError
+from tuneloop.errors import DataError, Interrupted, WorkspaceError
 
 log = logging.getLogger(__name__)
 
@@ -78,105 +80,237 @@ def init_dvc(root: Path, remote: Path) -> None:
     repo.close()
 
 
-def add_dataset(root: Path, source: Path, name: str) -> DatasetVersion:
-    """Copy a data file into the workspace, track it with DVC, commit, and push it to the remote.
+def add_dataset(root: Path, source: Path, name: str, cfg: DataConfig) -> DatasetVersion:
+    """Validate a data file, copy it into the workspace, track it with DVC, push it, and commit.
+
+    The whole file is parsed and judged (every row check, repeats within the file, data.labels)
+    before anything is written. The commit comes last, so a failing push leaves no commit; on any
+    failure after the copy, the workspace (data file, .dvc file, data/.gitignore, git index and HEAD)
+    is put back as it was. A source that already is the target file is tracked in place.
 
     Args:
         root: the workspace (git + DVC repository).
         source: a CSV, TSV or JSONL file.
         name: dataset name; the file lands at data/<name><suffix>.
+        cfg: the data section of the config: the columns to read, the allowed labels, duplicates.
 
     Raises:
-        DataError: when the file is missing, empty or of an unsupported format.
-        WorkspaceError: when `root` is not a workspace.
+        DataError: when the file is missing, unreadable, empty, of an unsupported format, fails
+            validation, or DVC cannot track or push it.
+        WorkspaceError: when `root` is not a workspace, or git cannot commit.
+        Interrupted: on Ctrl-C after the copy (the workspace is restored first).
     """
-    if not source.is_file():
-        raise DataError(f"data file {str(source)!r} not found; pass the path of a CSV, TSV or JSONL file")
+    raw = _read_source(source)
     suffix = tables.table_format(source.name)
     if not (root / ".dvc").is_dir() or not gitrepo.is_repo(root):
         raise WorkspaceError(f"{root} is not a tuneloop workspace; create one with `tuneloop init {root}`")
-    if not name.replace("-", "").replace("_", "").isalnum():
+    if not name.replace("-", "").replace("_", "").isalnum() or not name.isascii():
         raise DataError(f"dataset name {name!r} is not valid; use letters, digits, '-' and '_'")
-    raw = source.read_bytes()
-    if not raw.strip():
-        raise DataError(f"data file {str(source)!r} is empty; add a header and rows")
+    frame = tables.parse_table(raw, str(source), cfg.text_column, cfg.label_column)
+    if frame.empty:
+        raise DataError(f"data file {str(source)!r} has a header but no rows; add rows below the header")
+    report = validation.validate_file(
+        frame, source=f"data file {str(source)!r}", allowed_labels=cfg.labels, allow_duplicates=cfg.allow_duplicates
+    )
+    validation.raise_for_problems(report)
     target = Path("data") / f"{name}{suffix}"
-    (root / "data").mkdir(exist_ok=True)
-    shutil.copyfile(source, root / target)
-    from dvc.exceptions import DvcException
-
-    repo = _dvc_repo()(str(root))
+    in_place = (root / target).exists() and os.path.samefile(source, root / target)
+    rollback = _Rollback.save(root, [target, Path(f"{target}.dvc"), Path("data/.gitignore")])
     try:
-        repo.add(str(root / target))
-        gitrepo.git(root, "add", "--", f"{target}.dvc", "data/.gitignore")
-        if gitrepo.has_staged_changes(root):
-            rev = gitrepo.commit(root, [f"{target}.dvc"], f"data: track {target} with DVC")
-        else:  # the same bytes are already tracked: adding them again is a no-op, not an error
-            rev = gitrepo.git(root, "log", "-1", "--format=%H", "--", f"{target}.dvc")
-        repo.push()
-    except DvcException as exc:  # e.g. an unreachable remote; a rerun resumes (re-adding is a no-op)
-        raise DataError(f"dvc could not track or push {target}: {exc}; fix the remote (.dvc/config) and rerun") from exc
-    finally:
-        repo.close()
-    rows = tables.count_records(raw, str(target))
-    version = DatasetVersion(path=str(target), rev=rev, sha256=hashlib.sha256(raw).hexdigest(), rows=rows)
-    log.info("tracked %s at rev %s (%d rows)", target, rev[:8], rows)
+        rev = _track(root, source, target, in_place, rollback)
+    except BaseException as exc:  # restore first, whatever happened; only known failures are translated
+        rollback.restore()
+        failure = _failure(exc, target, rollback.step)
+        if failure is exc:
+            raise
+        raise failure from exc
+    version = DatasetVersion(path=str(target), rev=rev, sha256=hashlib.sha256(raw).hexdigest(), rows=len(frame))
+    log.info("tracked %s at rev %s (%d rows)", target, rev[:8], len(frame))
     return version
 
 
-def read_at(repo: str, rev: str, path: str) -> tuple[bytes, str]:
+def _read_source(source: Path) -> bytes:
+    """Read the file to add, or say in one line why it cannot be."""
+    shown = repr(str(source))
+    if source.is_dir():
+        raise DataError(f"data file {shown} is a directory; pass the path of a CSV, TSV or JSONL file")
+    if not source.exists():
+        raise DataError(f"data file {shown} not found; pass the path of a CSV, TSV or JSONL file")
+    if not source.is_file():
+        raise DataError(f"data file {shown} is not a regular file; pass the path of a CSV, TSV or JSONL file")
+    try:
+        raw = source.read_bytes()
+    except OSError as exc:
+        raise DataError(f"cannot read data file {shown} ({exc.strerror}); check its permissions and rerun") from exc
+    if not raw.strip():
+        raise DataError(f"data file {shown} is empty; add a header and rows")
+    return raw
+
+
+def _track(root: Path, source: Path, target: Path, in_place: bool, rollback: "_Rollback") -> str:
+    """Copy, `dvc add`, stage, push, then commit; return the commit that tracks `target`."""
+    rollback.step = "copy"
+    if not in_place:
+        (root / target).parent.mkdir(exist_ok=True)
+        (root / target).unlink(missing_ok=True)  # never write through a link into the DVC cache
+        shutil.copyfile(source, root / target)
+    repo = _dvc_repo()(str(root))
+    try:
+        rollback.step = "dvc add"
+        (stage,) = repo.add(str(root / target))
+        gitrepo.git(root, "add", "--", f"{target}.dvc", "data/.gitignore")
+        remote = repo.cloud.get_remote_odb()
+        if remote.fs.protocol == "local":  # a cloud remote keeps the object: unreferenced, removed by `dvc gc -c`
+            pushed = Path(remote.oid_to_path(stage.outs[0].hash_info.value))
+            rollback.remote_object = None if pushed.exists() else pushed
+        rollback.step = "dvc push"
+        repo.push()
+    finally:
+        repo.close()
+    rollback.step = "git commit"
+    if not gitrepo.has_staged_changes(root):  # the same bytes are already tracked: a no-op, not an error
+        return gitrepo.git(root, "log", "-1", "--format=%H", "--", f"{target}.dvc")
+    return gitrepo.commit(root, [f"{target}.dvc"], f"data: track {target} with DVC")
+
+
+@dataclass
+class _Rollback:
+    """What `add_dataset` may change, as it was before: file bytes (None: absent), the data folder, HEAD."""
+
+    root: Path
+    files: dict[Path, bytes | None]
+    had_data_dir: bool
+    head: str
+    remote_object: Path | None = None  # the object a push will create in a local-folder remote
+    step: str = "copy"  # the step under way, for the message when it fails
+
+    @classmethod
+    def save(cls, root: Path, paths: list[Path]) -> "_Rollback":
+        """Record `paths`, the git index and its lock, the data folder and HEAD as they are now."""
+        index = Path(gitrepo.git(root, "rev-parse", "--git-path", "index"))
+        paths = [*paths, index, Path(f"{index}.lock")]  # a git killed mid-commit leaves the lock behind
+        files = {p: (root / p).read_bytes() if (root / p).is_file() else None for p in paths}
+        head = gitrepo.git(root, "rev-parse", "--verify", "--quiet", "HEAD", check=False)  # "" before a first commit
+        return cls(root, files, (root / "data").is_dir(), head)
+
+    def restore(self) -> None:
+        """Put every saved file back (or remove it), move HEAD back, take back a pushed object."""
+        for path, content in self.files.items():
+            (self.root / path).unlink(missing_ok=True)
+            if content is not None:
+                (self.root / path).write_bytes(content)
+        data_dir = self.root / "data"
+        if not self.had_data_dir and data_dir.is_dir() and not any(data_dir.iterdir()):
+            data_dir.rmdir()
+        if gitrepo.git(self.root, "rev-parse", "--verify", "--quiet", "HEAD", check=False) != self.head:
+            gitrepo.git(self.root, "update-ref", *(["HEAD", self.head] if self.head else ["-d", "HEAD"]))
+        if self.remote_object is not None and self.remote_object.is_file():
+            self.remote_object.unlink()
+
+
+_FIXES = {
+    "copy": "free disk space or fix the permissions of data/",
+    "dvc add": "fix what DVC names and rerun",
+    "dvc push": "fix the remote (.dvc/config, `dvc remote list`) and rerun",
+    "git commit": "fix git (hooks, identity, disk) and rerun",
+}
+
+
+def _failure(exc: BaseException, target: Path, step: str) -> BaseException:
+    """Turn a failure while tracking `target` into one line; unknown errors pass through as they are."""
+    from dvc.exceptions import DvcException
+
+    done = "the workspace is as it was, nothing was committed"
+    if isinstance(exc, KeyboardInterrupt):
+        return Interrupted(f"interrupted during {step} of {target}; {done}; rerun `tuneloop data add` to add it")
+    if isinstance(exc, (DvcException, OSError)):
+        detail = " ".join(" ".join(str(e) for e in (exc, exc.__cause__) if e).split())
+        return DataError(f"{step} of {target} failed: {detail}; {done}; {_FIXES[step]}")
+    if isinstance(exc, WorkspaceError):
+        return WorkspaceError(f"{exc}; {done}; {_FIXES[step]}")
+    return exc
+
+
+def read_at(repo: str, rev: str, path: str, key: str = "data.path") -> tuple[bytes, str]:
     """Read one tracked file at a revision through DVC; return its bytes and the resolved commit.
 
+    Args:
+        repo: the git + DVC repository (folder or URL).
+        rev: git revision.
+        path: file inside the repository.
+        key: the config key that named `path`, for messages.
+
     Raises:
-        DataError: when the revision or the file does not exist there.
+        DataError: when the path leaves the repository, or the revision or file does not exist.
     """
     import dvc.api
     from dvc.exceptions import DvcException, PathMissingError
+    from dvc.exceptions import IsADirectoryError as DvcIsADirectoryError
 
+    _check_path(path, key)
     resolved = gitrepo.resolve_rev(repo, rev)
     try:
         raw = dvc.api.read(path, repo=repo, rev=resolved, mode="rb")
     except (FileNotFoundError, PathMissingError) as exc:
-        raise DataError(f"data file {path!r} not found in {repo} at rev {rev}; check data.path or `git log`") from exc
+        raise DataError(f"data file {path!r} not found in {repo} at rev {rev}; check {key} or `git log`") from exc
+    except (IsADirectoryError, DvcIsADirectoryError) as exc:
+        message = f"{key} {path!r} is a directory in {repo} at rev {rev}; name a file in it, such as data/train.csv"
+        raise DataError(message) from exc
     except DvcException as exc:
         raise DataError(f"cannot read {path!r} from {repo} at rev {rev}: {exc}; run `dvc pull` or check the remote") from exc
     return raw, resolved
 
 
-def _load(cfg: DataConfig, rev: str, path: str) -> tuple[pd.DataFrame, str, str]:
-    raw, resolved = read_at(cfg.repo, rev, path)
+def _check_path(path: str, key: str) -> None:
+    """Refuse a path that names no file or leaves the repository, before any git or DVC call."""
+    normal = posixpath.normpath(path) if path.strip() else "."
+    if normal == ".":
+        raise DataError(f"{key} {path!r} names no file; set it to a data file in the repository, such as data/train.csv")
+    if posixpath.isabs(path) or normal == ".." or normal.startswith("../"):
+        raise DataError(
+            f"{key} {path!r} points outside the repository; set it to a path inside data.repo, such as data/train.csv"
+        )
+
+
+def _load(cfg: DataConfig, rev: str, path: str, key: str) -> tuple[pd.DataFrame, str, str]:
+    raw, resolved = read_at(cfg.repo, rev, path, key)
     frame = tables.parse_table(raw, path, cfg.text_column, cfg.label_column)
     return frame, resolved, hashlib.sha256(raw).hexdigest()
 
 
-def prepare(cfg: DataConfig, rev: str, out_dir: Path, champion_labels: list[str] | None = None) -> Snapshot:
+def prepare(
+    cfg: DataConfig, rev: str, out_dir: Path, champion_labels: list[str] | None = None, *, min_train_rows: int = 2
+) -> Snapshot:
     """Read the data at `rev`, split off the held-out rows, validate, and freeze a snapshot.
+
+    Every row is validated before data.max_train_rows / data.max_eval_rows cut the splits (a
+    duplicate beyond the cap is still a bad dataset); the capped splits are validated too, for
+    what only the cap causes (one class left, a held-out label no longer in train).
 
     Args:
         cfg: the data section of the config.
         rev: git revision to read (overrides cfg.rev).
         out_dir: folder to write the snapshot into.
         champion_labels: the serving model's label set, to catch a changed label set.
+        min_train_rows: fewest train rows training can use (see `validation.validate`).
 
     Raises:
         DataError: when the data cannot be read or fails validation (the report is written first).
     """
-    frame, resolved, digest = _load(cfg, rev, cfg.path)
+    frame, resolved, digest = _load(cfg, rev, cfg.path, "data.path")
     hashes = {cfg.path: digest}
     if cfg.eval_path:
-        train, (held_out, _, hashes[cfg.eval_path]) = frame, _load(cfg, resolved, cfg.eval_path)
+        if posixpath.normpath(cfg.eval_path) == posixpath.normpath(cfg.path):
+            raise DataError(
+                f"data.eval_path {cfg.eval_path!r} is the same file as data.path; name a separate held-out "
+                "file, or unset data.eval_path to hold out a stable hash split of data.path"
+            )
+        train, (held_out, _, hashes[cfg.eval_path]) = frame, _load(cfg, resolved, cfg.eval_path, "data.eval_path")
     else:
         mask = tables.held_out_mask(frame["text"], cfg.eval_fraction)
         train, held_out = frame[~mask], frame[mask]
-    if cfg.max_train_rows:
-        train = train.head(cfg.max_train_rows)
-    if cfg.max_eval_rows:
-        held_out = held_out.head(cfg.max_eval_rows)
     source = f"{cfg.path}@{resolved[:8]}"
-    report = validation.validate(
-        train, held_out, source=source, allowed_labels=cfg.labels,
-        champion_labels=champion_labels, allow_duplicates=cfg.allow_duplicates,
-    )
+    report, train, held_out = _validate(cfg, train, held_out, source, champion_labels, min_train_rows)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / REPORT_FILE).write_text(json.dumps(report.to_dict(), indent=2))
     validation.raise_for_problems(report)
@@ -189,6 +323,30 @@ def prepare(cfg: DataConfig, rev: str, out_dir: Path, champion_labels: list[str]
     (out_dir / META_FILE).write_text(json.dumps(snapshot.to_dict(), indent=2))
     log.info("snapshot %s: %d train / %d held-out rows, labels %s", source, len(train), len(held_out), report.labels)
     return snapshot
+
+
+def _validate(
+    cfg: DataConfig, train: pd.DataFrame, held_out: pd.DataFrame, source: str,
+    champion_labels: list[str] | None, min_train_rows: int,
+) -> tuple[validation.ValidationReport, pd.DataFrame, pd.DataFrame]:
+    """Validate all rows, then the capped rows when a cap cuts any; return the report and the capped splits."""
+    def judge(train_rows: pd.DataFrame, held_out_rows: pd.DataFrame) -> validation.ValidationReport:
+        return validation.validate(
+            train_rows, held_out_rows, source=source, allowed_labels=cfg.labels, champion_labels=champion_labels,
+            allow_duplicates=cfg.allow_duplicates, min_train_rows=min_train_rows,
+        )
+
+    report = judge(train, held_out)
+    caps = [
+        f"{key}: {cap}" for key, cap, rows in
+        (("data.max_train_rows", cfg.max_train_rows, train), ("data.max_eval_rows", cfg.max_eval_rows, held_out))
+        if cap and len(rows) > cap
+    ]
+    if not caps:
+        return report, train, held_out
+    train = train.head(cfg.max_train_rows) if cfg.max_train_rows else train
+    held_out = held_out.head(cfg.max_eval_rows) if cfg.max_eval_rows else held_out
+    return validation.merge_capped(report, judge(train, held_out), " and ".join(caps)), train, held_out
 
 
 def load_snapshot(snapshot_dir: Path) -> tuple[Snapshot, pd.DataFrame, pd.DataFrame]:

@@ -31,3 +31,7 @@ class RegistryError(TuneloopError):
 
 class PipelineError(TuneloopError):
     """A pipeline could not be compiled, submitted or did not succeed."""
+
+
+class Interrupted(TuneloopError):
+    """A run was stopped by Ctrl-C or a termination signal before it finished."""

@@ -41,14 +41,26 @@ def resolve_rev(repo: Path | str, rev: str) -> str:
     A run records this sha, never a moving name like HEAD, so it can be reproduced.
 
     Raises:
-        DataError: when the revision does not exist.
+        DataError: when the revision is empty, looks like an option, or does not exist.
     """
+    _check_rev(rev)
     if not Path(repo).is_dir():
         return _resolve_remote(str(repo), rev)
     sha = git(repo, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}", check=False)
     if not sha:
         raise DataError(f"rev {rev!r} not found in {repo}; pass a commit, tag or branch listed by `git log`")
     return sha
+
+
+def _check_rev(rev: str) -> None:
+    """Refuse what git would misread: nothing (git treats '' as no argument) or an option."""
+    fix = "set data.rev or pass --rev with a commit, tag or branch (e.g. HEAD)"
+    if not rev.strip():
+        raise DataError(f"rev {rev!r} is empty; {fix}")
+    if rev.startswith("-"):
+        raise DataError(f"rev {rev!r} starts with '-', which git reads as an option; {fix}")
+    if any(ord(char) < 32 or ord(char) == 127 for char in rev):
+        raise DataError(f"rev {rev!r} holds a control character; {fix}")
 
 
 def _resolve_remote(url: str, rev: str) -> str:

@@ -1,8 +1,12 @@
 """Labelled text tables: parse CSV / TSV / JSONL bytes into one normalized frame, and split it.
 
 Every frame tuneloop passes around has the columns `row` (1-based record number in the source
-file, for row-level messages), `text`, `label` (string) and `undecodable` (the record had bytes
-that are not UTF-8). Parsing never drops a row: judging rows is validation's job.
+file, for row-level messages), `text`, `label` (string), `undecodable` (the record had bytes that
+are not UTF-8) and `malformed`: what JSONL held that a string column cannot, as comma-separated
+"field:kind" items ("text:array", "label:object", "text:\\ud800" for a lone surrogate, which is
+replaced by U+FFFD because a frame's strings must be valid Unicode), "" for a sound record.
+Parsing never drops a row: judging rows is validation's job. A file that cannot be read as a table
+at all (bad header, bad JSON line) is a `DataError` here.
 """
 
 from __future__ import annotations
@@ -11,14 +15,24 @@ import csv
 import hashlib
 import io
 import json
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
 
 from tuneloop.errors import DataError
 
-COLUMNS = ["row", "text", "label", "undecodable"]
+COLUMNS = ["row", "text", "label", "undecodable", "malformed"]
 FORMATS = {".csv": ",", ".tsv": "\t", ".jsonl": None, ".json": None}
+_JSON_KINDS = {list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_FOUND = 120  # characters of the header names quoted when a column is missing: one readable line
+# byte order marks of the encodings spreadsheets export as "Unicode text"; decoded as UTF-8 they
+# would be one undecodable row per line and a header that names no column
+_WIDE_BOMS = {b"\xff\xfe": "UTF-16 or UTF-32 (little-endian)", b"\xfe\xff": "UTF-16 (big-endian)",
+              b"\x00\x00\xfe\xff": "UTF-32 (big-endian)"}
 
 
 def table_format(path: str) -> str:
@@ -33,19 +47,20 @@ def table_format(path: str) -> str:
     return suffix
 
 
-def _decode(raw: bytes) -> tuple[str, set[int]]:
+def _decode(raw: bytes, path: str) -> tuple[str, set[int]]:
     """Decode UTF-8 line by line; return the text and the 1-based physical lines that were not UTF-8."""
+    for bom, encoding in _WIDE_BOMS.items():
+        if raw.startswith(bom):
+            raise DataError(f"data file {path!r} is {encoding} (it starts with that byte order mark); re-save it as UTF-8")
     bad: set[int] = set()
-    lines = raw.split(b"\n")
     out = []
-    for number, line in enumerate(lines, start=1):
+    for number, line in enumerate(raw.split(b"\n"), start=1):
         try:
             out.append(line.decode("utf-8"))
         except UnicodeDecodeError:
             bad.add(number)
             out.append(line.decode("utf-8", errors="replace"))
-    text = "\n".join(out)
-    return text.removeprefix("\ufeff"), bad
+    return "\n".join(out).removeprefix("\ufeff"), bad
 
 
 def parse_table(raw: bytes, path: str, text_column: str, label_column: str) -> pd.DataFrame:
@@ -58,46 +73,76 @@ def parse_table(raw: bytes, path: str, text_column: str, label_column: str) -> p
         label_column: column (or JSON key) holding the label.
 
     Raises:
-        DataError: when the file cannot be parsed or lacks the named columns.
+        DataError: when the file cannot be parsed, repeats a column or lacks the named columns.
     """
+    if text_column == label_column:
+        raise DataError(
+            f"data.text_column and data.label_column are both {text_column!r}; name two different columns"
+        )
     suffix = table_format(path)
-    text, bad_lines = _decode(raw)
+    text, bad_lines = _decode(raw, path)
+    columns = (text_column, label_column)
     if suffix in (".jsonl", ".json"):
         records, lines = _jsonl_records(text, path)
+        # a key missing from some records is a missing value there; missing from all, a wrong column name
+        keys = list(dict.fromkeys(key for record in records for key in record)) if records else list(columns)
+        _check_columns(keys, columns, path)
     else:
-        records, lines = _delimited_records(text, path, FORMATS[suffix])
-    if records and (text_column not in records[0] or label_column not in records[0]):
-        found = ", ".join(map(str, records[0].keys()))
-        raise DataError(
-            f"data file {path!r} has no column {text_column!r} or {label_column!r} (found: {found}); "
-            "set data.text_column / data.label_column"
-        )
-    frame = pd.DataFrame(
+        records, lines = _delimited_records(text, path, FORMATS[suffix], columns)
+    texts = [_cell(r.get(text_column)) for r in records]
+    labels = [_cell(r.get(label_column)) for r in records]
+    return pd.DataFrame(
         {
             "row": range(1, len(records) + 1),
-            "text": [_cell(r.get(text_column)) for r in records],
-            "label": [_cell(r.get(label_column)) for r in records],
+            "text": [value for value, _ in texts],
+            "label": [value for value, _ in labels],
             "undecodable": [bool(span & bad_lines) for span in lines],
+            "malformed": [_kinds(t, lab) for (_, t), (_, lab) in zip(texts, labels)],
         },
         columns=COLUMNS,
     )
-    return frame
 
 
 def count_records(raw: bytes, path: str) -> int:
     """Count the records in a data file without judging its columns."""
-    text, _ = _decode(raw)
+    text, _ = _decode(raw, path)
     if table_format(path) in (".jsonl", ".json"):
         return sum(1 for line in text.split("\n") if line.strip())
-    return sum(1 for _ in csv.DictReader(io.StringIO(text, newline=""), delimiter=FORMATS[table_format(path)]))
+    with _field_limit(len(text)):
+        return sum(1 for _ in csv.DictReader(io.StringIO(text, newline=""), delimiter=FORMATS[table_format(path)]))
 
 
-def _cell(value: object) -> str | None:
+def _cell(value: object) -> tuple[str | None, str]:
+    """Return a cell as a string (or None when absent) and what was malformed in it ("" when nothing)."""
     if value is None:
-        return None
+        return None, ""
+    if isinstance(value, (list, dict)):  # str() would train on "['a', 'b']"; validation reports the row
+        return None, "array" if isinstance(value, list) else "object"
+    if isinstance(value, bool):
+        return ("true" if value else "false"), ""  # JSON's spelling, not Python's "True"
     if isinstance(value, float) and value.is_integer():
         value = int(value)
-    return str(value)
+    text = str(value)
+    surrogate = _SURROGATE.search(text)
+    if surrogate:  # only a JSON "\ud800" escape makes one; pandas' Arrow strings cannot hold it
+        return _SURROGATE.sub("\ufffd", text), f"\\u{ord(surrogate.group()):04x}"
+    return text, ""
+
+
+def _kinds(text_kind: str, label_kind: str) -> str:
+    return ",".join(f"{name}:{kind}" for name, kind in (("text", text_kind), ("label", label_kind)) if kind)
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    keys = [key for key, _ in pairs]
+    repeated = sorted({key for key in keys if keys.count(key) > 1})
+    if repeated:
+        raise ValueError(f"repeats the key {repeated[0]!r}")
+    return dict(pairs)
 
 
 def _jsonl_records(text: str, path: str) -> tuple[list[dict], list[set[int]]]:
@@ -105,32 +150,73 @@ def _jsonl_records(text: str, path: str) -> tuple[list[dict], list[set[int]]]:
     for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
-        try:
-            record = json.loads(line)
+        try:  # NaN / Infinity are not JSON, and a repeated key would silently keep only its last value
+            record = json.loads(line, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
         except json.JSONDecodeError as exc:
             raise DataError(f"{path}: line {number} is not valid JSON ({exc.msg}); fix or remove the line") from exc
+        except ValueError as exc:
+            raise DataError(f"{path}: line {number} is not valid JSON ({exc}); fix or remove the line") from exc
         if not isinstance(record, dict):
-            raise DataError(f"{path}: line {number} is not a JSON object; write one object per line")
+            kind = _JSON_KINDS.get(type(record), "value")
+            raise DataError(f"{path}: line {number} is a JSON {kind}, not an object; write one object per line")
         records.append(record)
         spans.append({number})
     return records, spans
 
 
-def _delimited_records(text: str, path: str, delimiter: str) -> tuple[list[dict], list[set[int]]]:
+@contextmanager
+def _field_limit(size: int) -> Iterator[None]:
+    """Let the csv module read fields up to `size` characters, then restore its limit.
+
+    Its default limit (131072) turns one long field into a parser crash; a field cannot be longer
+    than the whole text, so that is the limit here, and validation judges long texts row by row.
+    The limit is process-wide, so it is raised only for the duration of one parse.
+    """
+    previous = csv.field_size_limit()
+    csv.field_size_limit(max(previous, size + 1))
+    try:
+        yield
+    finally:
+        csv.field_size_limit(previous)
+
+
+def _delimited_records(
+    text: str, path: str, delimiter: str, columns: tuple[str, str]
+) -> tuple[list[dict], list[set[int]]]:
     reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
     records, spans = [], []
     start = 2  # line 1 is the header
-    try:
-        for record in reader:
-            end = reader.line_num
-            if None in record:  # more cells than header names
-                raise DataError(f"{path}: line {end} has more cells than the header; quote cells that hold the delimiter")
-            records.append(record)
-            spans.append(set(range(start, end + 1)))
-            start = end + 1
-    except csv.Error as exc:
-        raise DataError(f"{path}: line {reader.line_num} cannot be parsed ({exc}); fix the quoting") from exc
+    with _field_limit(len(text)):
+        try:
+            _check_columns(list(reader.fieldnames or []), columns, path)
+            for record in reader:
+                end = reader.line_num
+                if None in record:  # more cells than header names
+                    message = f"{path}: line {end} has more cells than the header; quote cells that hold the delimiter"
+                    raise DataError(message)
+                records.append(record)
+                spans.append(set(range(start, end + 1)))
+                start = end + 1
+        except csv.Error as exc:
+            raise DataError(f"{path}: line {reader.line_num} cannot be parsed ({exc}); fix the quoting") from exc
     return records, spans
+
+
+def _check_columns(names: list[str], columns: tuple[str, str], path: str) -> None:
+    """Refuse a header that repeats a name (the last cell would silently win) or lacks a column."""
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise DataError(
+            f"data file {path!r} repeats the column {repeated[0]!r} in its header; rename or remove the extra column"
+        )
+    if not set(columns) <= set(names):
+        found = ", ".join(map(repr, names)) or "(none)"
+        if len(found) > _FOUND:
+            found = found[: _FOUND - 1] + "…"
+        raise DataError(
+            f"data file {path!r} has no column {columns[0]!r} or {columns[1]!r} (found: {found}); "
+            "set data.text_column / data.label_column"
+        )
 
 
 def held_out_mask(texts: pd.Series, fraction: float) -> pd.Series:
@@ -155,7 +241,9 @@ def write_frame(frame: pd.DataFrame, path: Path) -> None:
 
 def read_frame(path: Path) -> pd.DataFrame:
     """Read a normalized frame written by `write_frame`."""
-    frame = pd.read_json(path, orient="records", lines=True, dtype={"text": str, "label": str})
+    frame = pd.read_json(path, orient="records", lines=True, dtype={"text": str, "label": str, "malformed": str})
     if frame.empty:
         return pd.DataFrame(columns=COLUMNS)
+    if "malformed" not in frame:  # a snapshot from before the column; it held only validated rows
+        frame["malformed"] = ""
     return frame[COLUMNS]

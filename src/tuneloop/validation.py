@@ -1,9 +1,10 @@
 """Data validation before training: judge the train and held-out frames, row by row and as a whole.
 
-Validation owns every rule about what a trainable dataset is: no empty split, every row decodable
-with a text and a known label, at least two classes, the champion's label set, no text in both
-splits, no conflicting labels, and (unless allowed) no repeated rows. Problems are values collected in
-a `ValidationReport`; `raise_for_problems` turns a failing report into one `DataError` line.
+Validation owns every rule about what a trainable dataset is: no empty split, enough train rows to
+carve the dev split, every row decodable and free of control characters, a text and a known label
+as plain strings of sane size, at least two classes, the champion's label set, no text in both
+splits, no conflicting labels, and (unless allowed) no repeated rows. Problems are values collected
+in a `ValidationReport`; `raise_for_problems` turns a failing report into one `DataError` line.
 
 Texts are compared after `normalize_text` (strip, lowercase, collapse whitespace), so "Hi  there"
 and "hi there" count as the same example. Labels are compared exactly, because training uses the
@@ -13,6 +14,8 @@ label string as it is.
 from __future__ import annotations
 
 import logging
+import re
+from collections import Counter
 from dataclasses import asdict, dataclass
 
 import pandas as pd
@@ -22,18 +25,27 @@ from tuneloop.errors import DataError
 logger = logging.getLogger(__name__)
 
 CHECKS = (
-    "empty_dataset",
-    "undecodable",
-    "missing_text",
-    "missing_label",
-    "unknown_label",
-    "single_class",
-    "label_set_changed",
-    "overlap",
-    "conflicting_labels",
-    "duplicate",
+    "empty_dataset", "too_few_rows",
+    "undecodable", "invalid_unicode", "not_a_string", "control_characters", "too_long",
+    "missing_text", "missing_label", "label_whitespace", "unknown_label",
+    "single_class", "label_set_changed",
+    "overlap", "conflicting_labels", "duplicate",
 )
-SPLITS = ("train", "held_out")
+SPLITS = ("train", "held_out", "file")  # "file": one data file judged on its own, before `data add`
+# model.max_length is at most 8192 tokens, about 33k characters of English at ~4 per token, so no
+# model reads further; 100k leaves room for long documents, and a field beyond it is most often an
+# unbalanced quote that merged the rest of a CSV file into one cell.
+MAX_TEXT_CHARS = 100_000
+# A label is a class name (the model's id2label entry, a metric key); 200 characters is a sentence,
+# so a longer one is a text in the label column.
+MAX_LABEL_CHARS = 200
+_LONG_FIX = {
+    "text": "shorten or split the text (an unbalanced quote can also merge many rows into one field)",
+    "label": "a label is a class name; check data.label_column",
+}
+# C0 controls and DEL, except tab, newline and carriage return (ordinary in texts and CSV files):
+# NUL and friends are invisible in reviews, break tokenizers and downstream C string handling.
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _SNIPPET = 40  # characters of a text quoted in a message: enough to find it, short enough for one line
 
 
@@ -44,7 +56,7 @@ class Problem:
     Attributes:
         check: the rule that failed, one of `CHECKS`.
         message: one line naming the row(s), the bad value and the fix.
-        split: "train", "held_out", or "" for a dataset-level problem.
+        split: one of `SPLITS`, or "" for a dataset-level problem.
         row: 1-based record number in the source file, None for a dataset-level problem.
     """
 
@@ -71,9 +83,7 @@ class ValidationReport:
 
     def to_dict(self) -> dict:
         """Return the report as JSON-serializable data, with a count per check."""
-        counts: dict[str, int] = {}
-        for problem in self.problems:
-            counts[problem.check] = counts.get(problem.check, 0) + 1
+        counts = dict(Counter(problem.check for problem in self.problems))
         return {
             "source": self.source,
             "ok": self.ok,
@@ -102,7 +112,7 @@ class ValidationReport:
 
 def normalize_text(texts: pd.Series) -> pd.Series:
     """Return texts stripped, lowercased and with runs of whitespace collapsed to one space."""
-    return texts.astype(str).str.lower().str.split().str.join(" ")
+    return texts.fillna("").astype(str).str.lower().str.split().str.join(" ")
 
 
 def validate(
@@ -113,6 +123,7 @@ def validate(
     allowed_labels: list[str] | None = None,
     champion_labels: list[str] | None = None,
     allow_duplicates: bool = False,
+    min_train_rows: int = 2,
 ) -> ValidationReport:
     """Check the train and held-out frames and collect every problem.
 
@@ -123,34 +134,72 @@ def validate(
         allowed_labels: the configured label set (data.labels); None accepts any label.
         champion_labels: the current champion's label set; None when there is no champion.
         allow_duplicates: accept repeated (text, label) rows within a split.
+        min_train_rows: fewest train rows training can use; it sets aside max(1, round(n *
+            train.dev_fraction)) rows for early stopping and needs one row left to fit, so 2 for
+            every dev_fraction below 0.5.
 
     Returns:
         The report; `report.ok` is False when any problem was found.
     """
     train, held_out = _prepare(train), _prepare(held_out)
     labels = sorted(set(train.loc[train["has_label"], "label"]))
-    if train.empty:
-        message = (
-            f"train split of {source} has no rows; check data.path and data.rev, "
-            "add rows, or lower data.eval_fraction"
-        )
-        problems = [Problem("empty_dataset", message, "", None)]
+    problems = _size_problems(len(train), len(held_out), source, min_train_rows)
+    if train.empty:  # nothing else can be judged
         return _finish(source, train, held_out, labels, problems)
-
-    problems = []
-    if held_out.empty:
-        message = (
-            f"held_out split of {source} has no rows; add rows, raise data.eval_fraction, "
-            "or check data.eval_path"
-        )
-        problems.append(Problem("empty_dataset", message, "", None))
     problems += _class_problems(labels, champion_labels)
     for split, frame in zip(SPLITS, (train, held_out)):
-        problems += _row_problems(frame, split)
-        problems += _label_problems(frame, split, labels, allowed_labels)
-        problems += _repeat_problems(frame, split, allow_duplicates)
+        problems += _frame_problems(frame, split, labels, allowed_labels, allow_duplicates)
     problems += _overlap_problems(train, held_out)
     return _finish(source, train, held_out, labels, _ordered(problems))
+
+
+def validate_file(
+    frame: pd.DataFrame, *, source: str, allowed_labels: list[str] | None = None, allow_duplicates: bool = False
+) -> ValidationReport:
+    """Check one data file on its own, before it is added: rows, labels, repeats (split "file").
+
+    Class, champion and overlap checks wait for `validate`: a frozen eval file may hold one class.
+
+    Args:
+        frame: normalized frame of the whole file.
+        source: the file, quoted in messages.
+        allowed_labels: the configured label set (data.labels); None accepts any label.
+        allow_duplicates: accept repeated (text, label) rows.
+    """
+    frame = _prepare(frame)
+    labels = sorted(set(frame.loc[frame["has_label"], "label"]))
+    if frame.empty:
+        problems = [Problem("empty_dataset", f"{source} has no rows; add rows below the header", "", None)]
+    else:
+        problems = _ordered(_frame_problems(frame, "file", labels, allowed_labels, allow_duplicates))
+    return _finish(source, frame, frame.iloc[:0], labels, problems)
+
+
+def merge_capped(full: ValidationReport, capped: ValidationReport, caps: str) -> ValidationReport:
+    """Merge the report on all rows with the one on the capped rows that training will use.
+
+    A duplicate beyond the cap is still a duplicate, so row problems come from all rows; the capped
+    report adds what only the cap causes (one class left, a held-out label no longer in train),
+    each saying so. A problem both reports hold is kept once, as the full report words it.
+
+    Args:
+        full: report on the uncapped train and held-out frames.
+        capped: report on the frames after data.max_train_rows / data.max_eval_rows.
+        caps: the caps applied, quoted in messages (e.g. "data.max_train_rows: 50").
+
+    Returns:
+        A report with the capped sizes and labels and the merged problems.
+    """
+    rows = {(p.check, p.split, p.row) for p in full.problems if p.row is not None}
+    checks = {p.check for p in full.problems if p.row is None}
+    extra = [
+        Problem(p.check, f"{p.message} (with {caps}; raise or unset the cap)", p.split, p.row)
+        for p in capped.problems
+        if (p.check not in checks if p.row is None else (p.check, p.split, p.row) not in rows)
+    ]
+    return ValidationReport(
+        full.source, capped.train_rows, capped.held_out_rows, capped.labels, _ordered(full.problems + extra)
+    )
 
 
 def raise_for_problems(report: ValidationReport) -> None:
@@ -169,6 +218,7 @@ def _prepare(frame: pd.DataFrame) -> pd.DataFrame:
     frame["has_text"] = _present(frame["text"])
     frame["has_label"] = _present(frame["label"])
     frame["undecodable"] = frame["undecodable"].fillna(False).astype(bool)
+    frame["malformed"] = frame["malformed"].fillna("").astype(str)
     frame["norm"] = normalize_text(frame["text"]).where(frame["has_text"])
     return frame
 
@@ -200,6 +250,24 @@ def _ordered(problems: list[Problem]) -> list[Problem]:
     return sorted(problems, key=key)
 
 
+def _size_problems(train_rows: int, held_out_rows: int, source: str, min_train_rows: int) -> list[Problem]:
+    """An empty split, or too few train rows to set the dev split aside."""
+    if not train_rows:
+        message = f"train split of {source} has no rows; check data.path and data.rev, add rows, or lower data.eval_fraction"
+        return [Problem("empty_dataset", message, "", None)]
+    problems = []
+    if not held_out_rows:
+        message = f"held_out split of {source} has no rows; add rows, raise data.eval_fraction, or check data.eval_path"
+        problems.append(Problem("empty_dataset", message, "", None))
+    if train_rows < min_train_rows:
+        message = (
+            f"train split of {source} has {train_rows} row(s); training sets aside a dev split and needs "
+            f"at least {min_train_rows}, so add rows or lower data.eval_fraction"
+        )
+        problems.append(Problem("too_few_rows", message, "", None))
+    return problems
+
+
 def _class_problems(labels: list[str], champion_labels: list[str] | None) -> list[Problem]:
     problems = []
     if len(labels) < 2:
@@ -217,17 +285,79 @@ def _class_problems(labels: list[str], champion_labels: list[str] | None) -> lis
     return problems
 
 
+def _frame_problems(
+    frame: pd.DataFrame, split: str, train_labels: list[str], allowed_labels: list[str] | None, allow_duplicates: bool
+) -> list[Problem]:
+    """Every check that judges one split on its own."""
+    return [
+        *_row_problems(frame, split),
+        *_malformed_problems(frame, split),
+        *_value_problems(frame, split),
+        *_label_problems(frame, split, train_labels, allowed_labels),
+        *_repeat_problems(frame, split, allow_duplicates),
+    ]
+
+
 def _row_problems(frame: pd.DataFrame, split: str) -> list[Problem]:
     """Undecodable bytes, missing text, missing label: one problem per row and check."""
+    # a JSON array or object is reported as not_a_string, not also as an empty value
+    nested = {field: frame["malformed"].str.contains(f"{field}:(?:array|object)") for field in ("text", "label")}
     checks = (
         ("undecodable", frame["undecodable"], "bytes that are not UTF-8; re-save the file as UTF-8"),
-        ("missing_text", ~frame["has_text"], "text is empty; fill in the text or remove the row"),
-        ("missing_label", ~frame["has_label"], "label is empty; label the row or remove it"),
+        ("missing_text", ~frame["has_text"] & ~nested["text"], "text is empty; fill in the text or remove the row"),
+        ("missing_label", ~frame["has_label"] & ~nested["label"], "label is empty; label the row or remove it"),
     )
     problems = []
     for check, mask, what in checks:
         for row in frame.loc[mask, "row"]:
             problems.append(Problem(check, f"row {row} ({split}): {what}", split, int(row)))
+    return problems
+
+
+def _malformed_problems(frame: pd.DataFrame, split: str) -> list[Problem]:
+    """What the parser could not keep as a string: JSON arrays and objects, lone surrogates."""
+    problems = []
+    for row, malformed in zip(frame["row"], frame["malformed"]):
+        for item in filter(None, malformed.split(",")):
+            field, kind = item.split(":", 1)
+            if kind in ("array", "object"):
+                message = f"row {row} ({split}): {field} is a JSON {kind}, not a string; write the {field} as a JSON string"
+                problems.append(Problem("not_a_string", message, split, int(row)))
+            else:  # the escape of a lone surrogate, e.g. \ud800
+                message = (
+                    f"row {row} ({split}): {field} holds the lone surrogate '{kind}', which is not valid Unicode "
+                    f"and cannot be encoded as UTF-8; remove the '{kind}' escape or complete its surrogate pair"
+                )
+                problems.append(Problem("invalid_unicode", message, split, int(row)))
+    return problems
+
+
+def _value_problems(frame: pd.DataFrame, split: str) -> list[Problem]:
+    """Control characters, oversized fields, and labels with whitespace around them."""
+    problems = []
+    for field, limit in (("text", MAX_TEXT_CHARS), ("label", MAX_LABEL_CHARS)):
+        values = frame[field].fillna("").astype(str)
+        flagged = values.str.contains(_CONTROL.pattern)
+        for row, value in zip(frame.loc[flagged, "row"], values[flagged]):
+            found = _CONTROL.search(value)
+            message = (
+                f"row {row} ({split}): {field} holds the control character '\\x{ord(found.group()):02x}' at character "
+                f"{found.start() + 1}; delete it (tab, newline and carriage return are the only ones allowed)"
+            )
+            problems.append(Problem("control_characters", message, split, int(row)))
+        lengths = values.str.len()
+        for row, length in zip(frame.loc[lengths > limit, "row"], lengths[lengths > limit]):
+            message = f"row {row} ({split}): {field} is {length:,} characters, over the limit of {limit:,}; "
+            message += _LONG_FIX[field]
+            problems.append(Problem("too_long", message, split, int(row)))
+    labels = frame["label"].fillna("").astype(str)
+    padded = frame["has_label"] & labels.ne(labels.str.strip())
+    for row, label in zip(frame.loc[padded, "row"], labels[padded]):
+        message = (
+            f"row {row} ({split}): label {_snippet(label)} has whitespace around it, so it would be a class "
+            f"apart from {_snippet(label.strip())}; strip the label"
+        )
+        problems.append(Problem("label_whitespace", message, split, int(row)))
     return problems
 
 

@@ -11,6 +11,7 @@ import typer
 from tuneloop import cycle, data
 from tuneloop.cli.context import CONFIG_HELP, config_for, resolve_config_path
 from tuneloop.cli.output import show_json, show_table
+from tuneloop.config import load_config
 
 app = typer.Typer(help="Versioned datasets (git + DVC).", no_args_is_help=True)
 
@@ -23,8 +24,8 @@ def add(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Track a data file with DVC, commit it, push it to the remote, and print the revision."""
-    root = resolve_config_path(config).parent
-    version = data.add_dataset(root, file, name)
+    path = resolve_config_path(config)
+    version = data.add_dataset(path.parent, file, name, load_config(path).data)
     if as_json:
         show_json(asdict(version))
     else:

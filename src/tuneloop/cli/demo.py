@@ -72,8 +72,8 @@ def run_demo(directory: Path, rows: int) -> None:
     with tempfile.TemporaryDirectory() as scratch:
         for name, train_rows, held_out_rows in cycles:
             _banner(f"cycle {len(summary) + 1}/3: data {name}")
-            data.add_dataset(config_path.parent, synthetic.write_csv(held_out_rows, Path(scratch) / "tickets-eval.csv"), "tickets-eval")
-            version = data.add_dataset(config_path.parent, synthetic.write_csv(train_rows, Path(scratch) / "tickets.csv"), "tickets")
+            data.add_dataset(config_path.parent, synthetic.write_csv(held_out_rows, Path(scratch) / "tickets-eval.csv"), "tickets-eval", cfg.data)
+            version = data.add_dataset(config_path.parent, synthetic.write_csv(train_rows, Path(scratch) / "tickets.csv"), "tickets", cfg.data)
             typer.echo(f"data {name}: {version.rows} training + {len(held_out_rows)} held-out rows at rev {version.rev[:8]}")
             result = launcher.run(cfg, version.rev)
             decision = result.decision or {}
