@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import (
-    AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator,
+    AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator,
 )
 from pydantic_core import PydanticCustomError
 
@@ -60,6 +60,14 @@ def _model_name(value: str) -> str:
     if re.search(r"[/:]", value):
         raise PydanticCustomError("model_name", "must not contain '/' or ':' (MLflow refuses them)")
     return value
+
+
+def _numbers_as_labels(values: Any) -> Any:
+    # Labels are compared as the strings the data file holds; `labels: [0, 1]` means "0" and "1".
+    # Booleans stay refused: YAML reads `[yes, no]` as true/false, which is never what was meant.
+    if isinstance(values, list):
+        return [str(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in values]
+    return values
 
 
 def _two_or_more(values: list[str] | None) -> list[str] | None:
@@ -108,7 +116,7 @@ class DataConfig(_Strict):
     )
     text_column: Name = "text"
     label_column: Name = "label"
-    labels: Annotated[Names | None, AfterValidator(_two_or_more)] = Field(
+    labels: Annotated[Names | None, BeforeValidator(_numbers_as_labels), AfterValidator(_two_or_more)] = Field(
         None, description="Allowed labels (at least two); rows with any other label fail validation."
     )
     allow_duplicates: bool = Field(False, description="Accept repeated (text, label) rows instead of failing.")
@@ -347,6 +355,11 @@ def _describe(error: dict[str, Any]) -> str:
         return f"{key}: no method name; add `name:` with one of: lora, ia3"
     if kind == "value_error":  # our own validators already name the key and the fix
         return error["msg"].removeprefix("Value error, ")
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return f"{key} must be a section of `key: value` lines, got {type(error.get('input')).__name__}; see `tuneloop config schema`"
+    if kind == "string_type":
+        return (f"{key} = {json.dumps(error.get('input'), default=str)}: must be a string; "
+                "quote it if YAML read it as a number, boolean or date")
     value = error.get("input")
     shown = json.dumps(value, default=str) if not isinstance(value, dict) else "{...}"
     message = error["msg"][:1].lower() + error["msg"][1:]

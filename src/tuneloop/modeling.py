@@ -27,6 +27,29 @@ _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "spe
                     "merges.txt", "vocab.json", "spiece.model", "tokenizer.model")
 
 
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+_POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len")
+
+
+@dataclass(frozen=True)
+class BaseFacts:
+    """What preflight learns about a base model without loading its weights.
+
+    Attributes:
+        folder: the local model folder.
+        model_type: the architecture name from config.json (e.g. "bert").
+        max_positions: longest input the position embeddings allow; None when the model has no limit.
+        layers: every module's dotted name mapped to its class name (e.g. "Linear").
+        in_features: input width of every torch.nn.Linear, by dotted name.
+    """
+
+    folder: Path
+    model_type: str
+    max_positions: int | None
+    layers: dict[str, str]
+    in_features: dict[str, int]
+
+
 @dataclass(frozen=True)
 class AdapterMeta:
     """What an adapter needs to be loaded and served safely."""
@@ -61,6 +84,55 @@ def resolve_base(base: str) -> Path:
         raise TrainingError(
             f"model.base {base!r} is neither a folder nor a cached hub model; pass a local model folder"
         ) from exc
+
+
+def inspect_base(base: str) -> BaseFacts:
+    """Check that model.base is a loadable classifier base and describe it, loading no weights.
+
+    The architecture is built on torch's meta device, so a 7B model is inspected in seconds.
+
+    Raises:
+        TrainingError: naming model.base, what is missing or broken, and the fix.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    folder = resolve_base(base)
+    files = set(os.listdir(folder))
+    missing = [what for what, names in (("config.json", ("config.json",)), ("weights", _WEIGHT_FILES),
+                                        ("tokenizer files", _TOKENIZER_FILES)) if not files & set(names)]
+    if missing:
+        raise TrainingError(
+            f"model.base {base!r} is not a model folder: it has no {', no '.join(missing)} "
+            f"(need config.json, model.safetensors and tokenizer files); pass a folder saved with save_pretrained"
+        )
+    try:
+        config = AutoConfig.from_pretrained(str(folder))
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # transformers' ways of saying "unreadable"
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TrainingError(f"model.base {base!r} cannot be loaded ({detail}); re-save it with save_pretrained") from exc
+    try:
+        with torch.device("meta"):
+            model = AutoModelForSequenceClassification.from_config(config)
+    except ValueError as exc:
+        raise TrainingError(
+            f"model.base {base!r} is a {config.model_type!r} model, which has no sequence-classification head "
+            "in transformers; pick an encoder or decoder that has one"
+        ) from exc
+    vocab = getattr(config, "vocab_size", None)
+    if vocab is not None and len(tokenizer) > vocab:
+        raise TrainingError(
+            f"model.base {base!r}: its tokenizer has {len(tokenizer)} tokens but the model only {vocab} embeddings; "
+            "save the model with its own tokenizer"
+        )
+    positions = next((getattr(config, key) for key in _POSITION_KEYS if getattr(config, key, None)), None)
+    modules = [(name, module) for name, module in model.named_modules() if name]
+    return BaseFacts(
+        folder=folder, model_type=config.model_type, max_positions=positions,
+        layers={name: type(module).__name__ for name, module in modules},
+        in_features={name: module.in_features for name, module in modules if isinstance(module, torch.nn.Linear)},
+    )
 
 
 def _digest(folder: Path, names: list[str]) -> str:

@@ -45,6 +45,25 @@ def bnb_config(cfg: QuantizationConfig) -> Any | None:
     )
 
 
+def check_layers(cfg: QuantizationConfig, in_features: dict[str, int], device: str) -> None:
+    """Check that the base's linear layers can be stored in 4 bits on this device.
+
+    bitsandbytes' CPU 4-bit inference kernel packs weights in blocks of 64 input features; a
+    narrower layer trains, then fails with a raw RuntimeError at the first evaluation.
+
+    Raises:
+        TrainingError: naming the first layer that cannot be quantized and the fix.
+    """
+    if cfg.bits != 4 or not device.startswith("cpu"):
+        return
+    for name, width in in_features.items():
+        if width % 64 and not set(name.split(".")) & set(FULL_PRECISION_MODULES):
+            raise TrainingError(
+                f"quantization.bits 4 on CPU needs linear layers whose input width is a multiple of 64, but {name} "
+                f"has {width}; use quantization.bits 8 or 0, or runtime.device cuda"
+            )
+
+
 def prepare_for_training(model: Any, cfg: QuantizationConfig) -> Any:
     """Make a quantized base trainable through an adapter (layer norms in fp32, input grads on)."""
     if cfg.bits == 0:

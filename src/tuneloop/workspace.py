@@ -87,7 +87,9 @@ def init(root: Path, remote: Path | None = None, config_text: str = DEFAULT_CONF
         WorkspaceError: when `root` is a non-empty folder; nothing is left half-made on failure.
     """
     root = root.resolve()
-    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+    if root.exists() and not root.is_dir():
+        raise WorkspaceError(f"cannot init {root}: it is a file, not a folder; choose a new or empty folder")
+    if root.exists() and any(root.iterdir()):
         hint = "it is already a workspace" if (root / CONFIG_FILE).exists() else "choose a new or empty folder"
         raise WorkspaceError(f"cannot init {root}: the folder is not empty ({hint})")
     created = not root.exists()
