@@ -14,9 +14,9 @@ def evaluate_candidate(config: str, snapshot: Input[Dataset], trained: Input[Mod
 
     from tuneloop.config import config_from_json
     from tuneloop.cycle import evaluate_step
-    from tuneloop.progress import configure_logging
+    from tuneloop.progress import start_step
 
-    configure_logging()
+    start_step()
     result = evaluate_step(
         config_from_json(config), Path(snapshot.path), Path(trained.path) / "adapter", Path(scores.path + ".work")
     )

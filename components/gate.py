@@ -15,9 +15,9 @@ def gate_candidate(config: str, scores: Input[Artifact], decision: Output[Artifa
 
     from tuneloop.config import config_from_json
     from tuneloop.cycle import Evaluation, gate_step
-    from tuneloop.progress import configure_logging
+    from tuneloop.progress import start_step
 
-    configure_logging()
+    start_step()
     verdict = gate_step(config_from_json(config), Evaluation.from_dict(json.loads(Path(scores.path).read_text())))
     Path(decision.path).write_text(json.dumps(verdict.to_dict()))
     decision.metadata.update(passed=verdict.passed, reasons=verdict.reasons)

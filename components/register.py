@@ -22,9 +22,9 @@ def promote_candidate(
     from tuneloop.config import config_from_json
     from tuneloop.cycle import Evaluation, promote_step
     from tuneloop.gate import GateDecision
-    from tuneloop.progress import configure_logging
+    from tuneloop.progress import start_step
 
-    configure_logging()
+    start_step()
     verdict = json.loads(Path(decision.path).read_text())
     registered = promote_step(
         config_from_json(config), Path(snapshot.path), Path(trained.path),
@@ -45,9 +45,9 @@ def reject_candidate(
     from tuneloop.config import config_from_json
     from tuneloop.cycle import Evaluation, register_step
     from tuneloop.gate import GateDecision
-    from tuneloop.progress import configure_logging
+    from tuneloop.progress import start_step
 
-    configure_logging()
+    start_step()
     verdict = json.loads(Path(decision.path).read_text())
     registered = register_step(
         config_from_json(config), Path(snapshot.path), Path(trained.path),

@@ -13,9 +13,9 @@ def train_adapter(config: str, snapshot: Input[Dataset], trained: Output[Model])
 
     from tuneloop.config import config_from_json
     from tuneloop.cycle import train_step
-    from tuneloop.progress import configure_logging
+    from tuneloop.progress import start_step
 
-    configure_logging()
+    start_step()
     result = train_step(config_from_json(config), Path(snapshot.path), Path(trained.path))
     trained.metadata.update(
         trainable_params=result.trainable_params, total_params=result.total_params, best_epoch=result.best_epoch,

@@ -13,9 +13,9 @@ def validate_data(config: str, data_rev: str, snapshot: Output[Dataset]) -> str:
 
     from tuneloop.config import config_from_json
     from tuneloop.cycle import validate_step
-    from tuneloop.progress import configure_logging
+    from tuneloop.progress import start_step
 
-    configure_logging()
+    start_step()
     frozen = validate_step(config_from_json(config), data_rev, Path(snapshot.path))
     snapshot.metadata.update(
         rev=frozen.rev, path=frozen.path, sha256=frozen.sha256,

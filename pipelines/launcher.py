@@ -10,7 +10,10 @@ import io
 import json
 import os
 import re
+import signal
+import socket
 import sys
+import urllib.parse
 import time
 import warnings
 from dataclasses import dataclass
@@ -19,9 +22,12 @@ from typing import Protocol, TextIO
 
 from tuneloop import errors
 from tuneloop.config import Config
-from tuneloop.errors import ConfigError, PipelineError
+from tuneloop.errors import ConfigError, Interrupted, PipelineError
 
-_ERROR_LINE = re.compile(r"^\s*tuneloop\.errors\.(\w+): (.*)$")
+# What kfp.local prints around each step, and the last line of a Python traceback in a step's log.
+_TASK_START = re.compile(r"Executing task \S*?'([\w-]+)'")
+_EXCEPTION_LINE = re.compile(r"^\s*((?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*(?:Error|Exception|Interrupt|Exit|Warning)): (.*)$")
+_STOP_GRACE_SECONDS = 60  # a step cleaning up after Ctrl-C ends its MLflow run and deletes partial writes
 
 
 @dataclass(frozen=True)
@@ -46,7 +52,8 @@ class _StepOutput(io.TextIOBase):
 
     def __init__(self, log: TextIO, console: TextIO, verbose: bool):
         self.log, self.console, self.verbose, self.partial = log, console, verbose, ""
-        self.failures: list[str] = []
+        self.step = ""  # the step running now, from kfp.local's "Executing task" line
+        self.cause: tuple[str, str] | None = None  # (exception class, message) of the last traceback
 
     def write(self, text: str) -> int:
         self.log.write(text)
@@ -55,8 +62,12 @@ class _StepOutput(io.TextIOBase):
         for line in lines:
             if self.verbose or " tuneloop." in line:
                 self.console.write(line + "\n")
-            if _ERROR_LINE.match(line):
-                self.failures.append(line)
+            if started := _TASK_START.search(line):
+                self.step, self.cause = started.group(1), None
+                if not self.verbose:  # verbose shows kfp's own line
+                    self.console.write(f"{time.strftime('%H:%M:%S')} tuneloop.pipeline step {self.step} started\n")
+            elif failed := _EXCEPTION_LINE.match(line):
+                self.cause = failed.group(1), failed.group(2).strip()
         return len(text)
 
     def flush(self) -> None:
@@ -89,18 +100,45 @@ class LocalLauncher:
                 with contextlib.redirect_stdout(output):
                     task = continuous_training(config=cfg.to_json(), data_rev=data_rev)
             except RuntimeError as exc:
-                raise _step_error(output.failures, log_path) from exc
+                raise _step_error(output, log_path) from exc
+            except KeyboardInterrupt:
+                _stop_steps()
+                raise Interrupted(f"interrupted during step {output.step or 'start-up'} (log: {log_path})") from None
         outcome = json.loads(task.output)
         return RunResult(run_id=run_id, state="SUCCEEDED", version=outcome["version"],
                          decision=outcome["decision"], log_path=str(log_path))
 
 
-def _step_error(lines: list[str], log_path: Path) -> errors.TuneloopError:
-    if not lines:
-        return PipelineError(f"a pipeline step failed; its traceback is in {log_path}")
-    name, message = _ERROR_LINE.match(lines[-1]).groups()
-    kind = getattr(errors, name, PipelineError)
-    return kind(message) if isinstance(kind, type) and issubclass(kind, errors.TuneloopError) else PipelineError(message)
+def _step_error(output: _StepOutput, log_path: Path) -> errors.TuneloopError:
+    """The failed step's own error: its class when it is tuneloop's, else a PipelineError naming it."""
+    where = f"(step {output.step or '?'}; log: {log_path})"
+    if output.cause is None:
+        return PipelineError(f"step {output.step or '?'} failed without a Python error; see the log {log_path}")
+    name, message = output.cause
+    kind = getattr(errors, name.removeprefix("tuneloop.errors."), None) if name.startswith("tuneloop.errors.") else None
+    if isinstance(kind, type) and issubclass(kind, errors.TuneloopError):
+        return kind(f"{message} {where}")
+    return PipelineError(f"step {output.step or '?'} failed: {name}: {message} {where}")
+
+
+def _stop_steps() -> None:
+    """Stop the step processes still running after Ctrl-C, giving each time to clean up.
+
+    A terminal's Ctrl-C reaches the steps too; `kill -INT` of the CLI alone does not. Either way,
+    each step gets one SIGINT (a step's cleanup ignores a second one) and time to end its MLflow
+    run, before anything is killed, so no run is left RUNNING.
+    """
+    import psutil
+
+    steps = psutil.Process().children(recursive=True)
+    _, alive = psutil.wait_procs(steps, timeout=1.0)  # those the terminal interrupted are exiting
+    for step in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            step.send_signal(signal.SIGINT)
+    _, alive = psutil.wait_procs(alive, timeout=_STOP_GRACE_SECONDS)
+    for step in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            step.kill()
 
 
 class ClusterLauncher:
@@ -146,16 +184,23 @@ def launcher_for(cfg: Config, verbose: bool = False, wait: bool = False) -> Laun
 
 
 def _check_cluster_reachable(cfg: Config) -> None:
-    """Refuse a config whose stores only exist on this machine: pods could not reach them.
+    """Refuse a config whose stores only exist on this machine (pods could not reach them), or whose
+    KFP endpoint does not answer.
 
     Raises:
         ConfigError: naming the key to change.
+        PipelineError: when runtime.host does not accept a connection within 5 s.
     """
     if cfg.registry.tracking_uri.startswith(("sqlite:", "file:")) or "://" not in cfg.registry.tracking_uri:
         raise ConfigError(f"registry.tracking_uri {cfg.registry.tracking_uri!r} is local to this machine; "
                           "on a cluster use the MLflow server's http(s) URI")
     if "://" not in cfg.data.repo and ":" not in cfg.data.repo.split("/")[0]:
         raise ConfigError(f"data.repo {cfg.data.repo!r} is a local folder; on a cluster use the data repo's git URL")
+    url = urllib.parse.urlsplit(cfg.runtime.host)
+    try:  # kfp.Client retries an unreachable host for minutes; a plain connect answers in seconds
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=5).close()
+    except OSError as exc:
+        raise PipelineError(f"runtime.host {cfg.runtime.host!r} does not answer ({exc}); check the KFP endpoint and your network") from exc
 
 
 def compile_pipeline(path: Path) -> Path:

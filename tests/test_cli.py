@@ -1,7 +1,6 @@
-"""The CLI through its real entry point: the loop on a tiny model, and bad input that must fail cleanly.
+"""The CLI through its real entry point: the loop on a tiny model, its tables, and the debug switch.
 
-Every bad input must give one line on stderr naming the problem, exit code 1, and leave the
-registry exactly as it was (same versions, same champion, same alias history).
+Bad input, one table of it, is tested in tests/test_bad_input.py.
 """
 
 from __future__ import annotations
@@ -86,51 +85,6 @@ def _rewrite_config(config: Path, tmp_path: Path, change: dict) -> Path:
     copy = config.parent / f"bad-{tmp_path.name}.yaml"
     copy.write_text(yaml.safe_dump(data))
     return copy
-
-
-def _commit_data(config: Path, tmp_path: Path, rows: list[tuple[str, str]], name: str) -> str:
-    csv = synthetic.write_csv(rows, tmp_path / f"{name}.csv") if rows else tmp_path / f"{name}.csv"
-    if not rows:
-        csv.write_text("text,label\n")
-    added = cli("data", "add", str(csv), "--name", name, "--config", str(config), "--json")
-    assert added.returncode == 0, added.stderr
-    return json.loads(added.stdout)["rev"]
-
-
-BAD_RUNS = {
-    "unknown config key": ({"train.epochz": 2}, None, "train.epochz: unknown key"),
-    "wrong type": ({"train.epochs": "ten"}, None, "train.epochs = \"ten\": input should be a valid integer"),
-    "unknown rev": ({}, ("rev", "no-such-rev"), "rev 'no-such-rev' not found"),
-    "missing data file": ({"data.path": "data/nope.csv"}, None, "data file 'data/nope.csv' not found"),
-    "empty dataset": ({"data.path": "data/empty.csv"}, ("data", []), "empty"),
-    "unknown label": ({"data.labels": ["billing", "technical"]}, None, "label 'account' is not in the allowed labels"),
-    "single-class data": ({"data.path": "data/single.csv"}, ("data", [(f"ticket number {i} about my invoice", "billing") for i in range(60)]),
-                          "at least two"),
-}
-
-
-@pytest.mark.parametrize("case", sorted(BAD_RUNS))
-def test_bad_input_fails_in_one_line_and_leaves_the_registry_untouched(case, trained, tmp_path):
-    change, extra, message = BAD_RUNS[case]
-    before = registry_state(trained)
-    args = []
-    if extra and extra[0] == "data":
-        _commit_data(trained, tmp_path, extra[1], Path(change["data.path"]).stem)
-    if extra and extra[0] == "rev":
-        args = ["--rev", extra[1]]
-    config = _rewrite_config(trained, tmp_path, change)
-    done = cli("run", "--config", str(config), *args)
-    assert done.returncode == 1
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
-    assert message in lines[0]
-    assert registry_state(trained) == before
-
-
-def test_data_add_of_a_missing_file_fails_cleanly(trained, tmp_path):
-    done = cli("data", "add", str(tmp_path / "missing.csv"), "--name", "x", "--config", str(trained))
-    assert done.returncode == 1 and done.stderr.count("\n") == 1
-    assert "not found" in done.stderr
 
 
 def test_debug_shows_the_traceback(trained, tmp_path):

@@ -91,6 +91,23 @@ def test_cluster_launcher_refuses_stores_pods_cannot_reach(change, message, tmp_
         launcher_for(cfg)
 
 
+def test_cluster_launcher_refuses_a_host_that_does_not_answer(tmp_path):
+    import socket
+
+    from tuneloop.config import parse_config
+    from tuneloop.errors import PipelineError
+    from tuneloop.pipelines.launcher import launcher_for
+
+    with socket.socket() as probe:  # a loopback port with nothing listening
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    cfg = parse_config({"runtime": {"mode": "kfp", "host": f"http://127.0.0.1:{port}"},
+                        "registry": {"tracking_uri": "http://mlflow:5000"}, "data": {"repo": "https://git.example/d.git"}})
+    with pytest.raises(PipelineError, match=rf"^runtime.host 'http://127.0.0.1:{port}' does not answer \(.*refused.*\); "
+                                            "check the KFP endpoint and your network$"):
+        launcher_for(cfg)
+
+
 def test_a_failing_step_surfaces_as_its_own_one_line_error(tmp_path, tickets_csv):
     """A step that raises inside the local runner comes back as the same error class and message."""
     from tuneloop import data, workspace
@@ -98,9 +115,11 @@ def test_a_failing_step_surfaces_as_its_own_one_line_error(tmp_path, tickets_csv
     from tuneloop.errors import DataError
     from tuneloop.pipelines.launcher import LocalLauncher
 
-    config = workspace.init(tmp_path / "ws", config_text="data: {path: data/tickets.csv, labels: [billing]}\n")
-    rev = data.add_dataset(config.parent, tickets_csv, "tickets").rev
+    config = workspace.init(tmp_path / "ws", config_text="data: {path: data/tickets.csv}\n")
+    rev = data.add_dataset(config.parent, tickets_csv, "tickets", load_config(config).data).rev
+    config.write_text("data: {path: data/tickets.csv, labels: [billing, technical]}\n")  # after the data landed
     cfg = load_config(config)
-    with pytest.raises(DataError, match=r"problem\(s\) in data/tickets.csv@.*label 'account' is not in the allowed labels"):
+    with pytest.raises(DataError, match=r"problem\(s\) in data/tickets.csv@.*label 'account' is not in the allowed labels.*"
+                                        r"\(step validate-data; log: .*\.log\)$"):
         LocalLauncher(cfg.runtime.pipeline_root).run(cfg, rev)
     assert list((config.parent / "runs").glob("ct-*.log")), "the full step output is kept in a log file"

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
 
-from tuneloop import data, evaluation, gate, registry, training
+from tuneloop import data, evaluation, gate, preflight, registry, training
 from tuneloop.config import Config
 from tuneloop.evaluation import EvalReport
 from tuneloop.gate import GateDecision
@@ -44,13 +44,30 @@ class Evaluation:
         return cls(EvalReport(**raw["candidate"]), champion, raw["champion_version"])
 
 
+def run_preflight(cfg: Config, rev: str, out_dir: Path) -> data.Snapshot:
+    """Run every check that can fail before training; return the validated snapshot of the data.
+
+    Order: the device and local folders (a temp file at most), the registry store (seconds at
+    most), the data at `rev` (validated on all rows), then the base model (built without weights).
+
+    Raises:
+        TuneloopError: the first problem found, as one line naming the key, the value and the fix.
+    """
+    device = preflight.check_runtime(cfg.runtime)
+    snapshot = validate_step(cfg, rev, out_dir)
+    preflight.check_model(cfg, device)
+    return snapshot
+
+
 def validate_step(cfg: Config, rev: str, out_dir: Path) -> data.Snapshot:
-    """Read the data at `rev`, validate it against the champion's labels, freeze a snapshot."""
+    """Check the registry store, read the data at `rev`, validate it against the champion, freeze it."""
+    registry.check_store(cfg.registry)
     return data.prepare(cfg.data, rev, out_dir, registry.champion_labels(cfg.registry))
 
 
 def train_step(cfg: Config, snapshot_dir: Path, out_dir: Path) -> training.TrainResult:
-    """Train an adapter on a snapshot's training rows."""
+    """Check the base model and method, then train an adapter on a snapshot's training rows."""
+    preflight.check_model(cfg, preflight.check_runtime(cfg.runtime))
     _, train_rows, _ = data.load_snapshot(snapshot_dir)
     result = training.train(train_rows, cfg, out_dir)
     (out_dir / "train.json").write_text(json.dumps(result.to_dict(), indent=2))
@@ -59,6 +76,7 @@ def train_step(cfg: Config, snapshot_dir: Path, out_dir: Path) -> training.Train
 
 def evaluate_step(cfg: Config, snapshot_dir: Path, adapter_dir: Path, work_dir: Path) -> Evaluation:
     """Score the candidate and the current champion on the snapshot's held-out rows."""
+    registry.check_store(cfg.registry)
     _, _, held_out = data.load_snapshot(snapshot_dir)
     device = pick_device(cfg.runtime.device)
     candidate = evaluation.evaluate(adapter_dir, held_out, device, cfg.train.eval_batch_size)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -9,15 +10,15 @@ from typing import Optional
 
 import typer
 
-from tuneloop import cycle, workspace
+from tuneloop import cycle, registry, workspace
 from tuneloop.cli import config as config_cli
 from tuneloop.cli import data as data_cli
 from tuneloop.cli import pipeline as pipeline_cli
 from tuneloop.cli import registry as registry_cli
 from tuneloop.cli import train as train_cli
 from tuneloop.cli.context import CONFIG_HELP, config_for
-from tuneloop.errors import TuneloopError
-from tuneloop.progress import configure_logging
+from tuneloop.errors import ConfigError, Interrupted, TuneloopError
+from tuneloop.progress import configure_logging, quiet
 
 app = typer.Typer(
     help="tuneloop: keep a PEFT fine-tuned model healthy — train, gate, promote, on KFP or a laptop.",
@@ -62,10 +63,22 @@ def run(
     from tuneloop.pipelines.launcher import launcher_for
 
     cfg = config_for(config)
-    data_rev = rev or cfg.data.rev
-    with tempfile.TemporaryDirectory() as scratch:  # fail on bad data here, before any step starts
-        snapshot = cycle.validate_step(cfg, data_rev, Path(scratch))
-    result = launcher_for(cfg, verbose=_OPTIONS["verbose"], wait=wait).run(cfg, snapshot.rev)
+    if rev is not None and not rev.strip():
+        raise ConfigError(f"--rev {rev!r} is empty; pass a commit, tag or branch, or leave --rev out to use data.rev")
+    data_rev = cfg.data.rev if rev is None else rev
+    try:
+        with tempfile.TemporaryDirectory() as scratch, quiet(_OPTIONS["verbose"]):  # fail here, before any step
+            snapshot = cycle.run_preflight(cfg, data_rev, Path(scratch))
+    except KeyboardInterrupt:
+        raise Interrupted("interrupted during the preflight checks, before any step started; nothing was registered") from None
+    launcher = launcher_for(cfg, verbose=_OPTIONS["verbose"], wait=wait)
+    newest = registry.latest_version(cfg.registry)
+    try:
+        result = launcher.run(cfg, snapshot.rev)
+    except Interrupted as exc:
+        after = registry.latest_version(cfg.registry)
+        told = "nothing was registered" if after == newest else f"version {after} was registered before the stop"
+        raise Interrupted(f"{exc}; {told}") from None
     if result.decision is None:
         typer.echo(f"submitted run {result.run_id}: {result.state}")
         return
@@ -84,12 +97,26 @@ def demo(
     run_demo(directory, rows)
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # `kill` stops a run the way Ctrl-C does: steps cleaned up, one line said
+
+
 def main() -> None:
-    """Console entry point."""
+    """Console entry point: a TuneloopError is one line and exit 1; an interruption exit 130."""
     debug = "--debug" in sys.argv
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         app()  # usage errors are typer's: a message and exit code 2
-    except TuneloopError as exc:
+    except Interrupted as exc:
+        typer.echo(f"error: {type(exc).__name__}: {exc}", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        command = " ".join(arg for arg in sys.argv[1:3] if not arg.startswith("-"))
+        typer.echo(f"error: Interrupted: `tuneloop {command}` stopped before it finished", err=True)
+        sys.exit(130)
+    except (TuneloopError, OSError) as exc:  # OSError: a disk or permission problem no check could foresee
         if debug:
             raise
         typer.echo(f"error: {type(exc).__name__}: {exc}", err=True)

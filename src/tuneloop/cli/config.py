@@ -23,8 +23,8 @@ def validate(path: Path = typer.Argument(..., help="Config file to check.")) -> 
     """Report every problem in a config file (key, value, fix); exit 1 if there is any."""
     data, root = read_config_file(path)
     problems = config_problems(data, root)
-    for problem in problems:
-        typer.echo(f"{path}: {problem}", err=True)
+    for problem in problems:  # one line each, in the form every other failing command uses
+        typer.echo(f"error: ConfigError: {path}: {problem}", err=True)
     if problems:
         raise typer.Exit(1)
     typer.echo(f"{path}: valid")
