@@ -46,6 +46,27 @@ def tiny_config_text(model_dir: Path, **sections: str) -> str:
     return text
 
 
+def champion_workspace(root: Path, model_dir: Path) -> Path:
+    """Make a workspace through the `tuneloop` CLI whose version 1 (300 v1 tickets) is champion; return its config."""
+    import shutil
+    import subprocess
+
+    from tuneloop import synthetic
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([shutil.which("tuneloop"), *args], capture_output=True, text=True, timeout=600)
+
+    assert cli("init", str(root)).returncode == 0
+    config = root / "tuneloop.yaml"
+    config.write_text(tiny_config_text(model_dir))
+    csv = synthetic.write_csv(synthetic.generate_tickets(1, 300, seed=0), root.parent / f"{root.name}-tickets.csv")
+    added = cli("data", "add", str(csv), "--name", "tickets", "--config", str(config))
+    assert added.returncode == 0, added.stderr
+    ran = cli("run", "--config", str(config))
+    assert ran.returncode == 0 and "version 1: gate passed, now champion" in ran.stdout, ran.stderr[-3000:]
+    return config
+
+
 @pytest.fixture
 def workspace(tmp_path, tiny_model) -> Path:
     """A fresh workspace (git + DVC + local remote) configured for the tiny model; returns its config path."""

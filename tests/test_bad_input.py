@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import tiny_config_text
+from tests.conftest import champion_workspace
 from tuneloop import synthetic
 
 TUNELOOP = shutil.which("tuneloop")
@@ -65,6 +65,7 @@ BAD_FILES: dict[str, bytes] = {
     "bad_json.jsonl": (jsonl_text([{"text": t, "label": lab} for t, lab in GOOD[:50]]) + "{not json\n").encode(),
     "list_text.jsonl": jsonl_text([{"text": t, "label": lab} for t, lab in GOOD[:50]] + [{"text": ["a", "b"], "label": "billing"}]).encode(),
     "number_line.jsonl": (jsonl_text([{"text": t, "label": lab} for t, lab in GOOD[:50]]) + "42\n").encode(),
+    "eval_clean.csv": csv_text(HELD_OUT).encode(),  # frozen held-out rows, so every bad row above is in train
     "eval_overlap.csv": csv_text(HELD_OUT + [GOOD[10]]).encode(),  # held-out row 61 is train row 11
     "eval_unseen.csv": csv_text(HELD_OUT + [("where is my refund for order 55", "refunds")]).encode(),
 }
@@ -82,6 +83,7 @@ class Case:
 
 
 RUN = ("run",)
+FROZEN = {"data.eval_path": "data/eval_clean.csv"}
 VALIDATE = ("config", "validate", "{config}")
 CASES: dict[str, Case] = {
     # --- config: strict types, empty names, ranges, the file itself
@@ -133,17 +135,21 @@ CASES: dict[str, Case] = {
     "blank data.rev": Case(RUN, 'data.rev = " ": must not be empty', {"data.rev": " "}),
     "rev before the data existed": Case(("run", "--rev", "{first_commit}"), "data file 'data/tickets.csv' not found"),
     # --- data at the revision: validated on all rows, before any cap or split
-    "NUL byte in a text": Case(RUN, "row 101 (", {"data.path": "data/nul.csv"}),
-    "escape character in a text": Case(RUN, "row 101 (", {"data.path": "data/escape.csv"}),
+    "NUL byte in a text": Case(RUN, "row 101 (train): text holds the control character '\\x00' at character 20; delete it",
+                               {"data.path": "data/nul.csv", **FROZEN}),
+    "escape character in a text": Case(RUN, "row 101 (train): text holds the control character '\\x1b' at character 9",
+                                       {"data.path": "data/escape.csv", **FROZEN}),
     "duplicate beyond max_train_rows": Case(RUN, "row 301 (train): duplicate of row 6",
-                                            {"data.path": "data/dup_late.csv", "data.max_train_rows": 50}),
-    "conflict beyond max_train_rows": Case(RUN, "is labelled 'account' here and 'billing' in row 8",
-                                           {"data.path": "data/conflict_late.csv", "data.max_train_rows": 50}),
-    "5 MB field": Case(RUN, "row 101 (", {"data.path": "data/huge_field.csv"}),
-    "bytes that are not UTF-8": Case(RUN, "bytes that are not UTF-8", {"data.path": "data/latin1.csv"}),
-    "empty text": Case(RUN, "text is empty", {"data.path": "data/empty_text.csv"}),
-    "missing label": Case(RUN, "label is empty", {"data.path": "data/no_label.csv"}),
-    "blank label": Case(RUN, "label is empty", {"data.path": "data/blank_label.csv"}),
+                                            {"data.path": "data/dup_late.csv", "data.max_train_rows": 50, **FROZEN}),
+    "conflict beyond max_train_rows": Case(RUN, "row 301 (train): text 'hi, why did my company card get charged…' is "
+                                           "labelled 'account' here and 'billing' in row 8",
+                                           {"data.path": "data/conflict_late.csv", "data.max_train_rows": 50, **FROZEN}),
+    "5 MB field": Case(RUN, "row 101 (train): text is 5,000,000 characters, over the limit of 100,000",
+                       {"data.path": "data/huge_field.csv", **FROZEN}),
+    "bytes that are not UTF-8": Case(RUN, "row 101 (train): bytes that are not UTF-8", {"data.path": "data/latin1.csv", **FROZEN}),
+    "empty text": Case(RUN, "row 101 (train): text is empty", {"data.path": "data/empty_text.csv", **FROZEN}),
+    "missing label": Case(RUN, "row 101 (train): label is empty", {"data.path": "data/no_label.csv", **FROZEN}),
+    "blank label": Case(RUN, "row 101 (train): label is empty", {"data.path": "data/blank_label.csv", **FROZEN}),
     "label outside data.labels": Case(RUN, "label 'account' is not in the allowed labels",
                                       {"data.labels": ["billing", "technical"]}),
     "single class": Case(RUN, "classification needs at least two labels", {"data.path": "data/single.csv"}),
@@ -153,9 +159,10 @@ CASES: dict[str, Case] = {
     "text column missing": Case(RUN, "has no column 'text' or 'label' (found: 'body', 'label')",
                                 {"data.path": "data/body_column.csv"}),
     "more cells than the header": Case(RUN, "has more cells than the header", {"data.path": "data/extra_cells.csv"}),
-    "duplicate rows": Case(RUN, "duplicate of row 4", {"data.path": "data/dup_inside.csv"}),
+    "duplicate rows": Case(RUN, "row 101 (train): duplicate of row 4", {"data.path": "data/dup_inside.csv", **FROZEN}),
     "jsonl line not json": Case(RUN, "line 51 is not valid JSON", {"data.path": "data/bad_json.jsonl"}),
-    "jsonl text is a list": Case(RUN, "row 51 (", {"data.path": "data/list_text.jsonl"}),
+    "jsonl text is a list": Case(RUN, "row 51 (train): text is a JSON array, not a string",
+                                 {"data.path": "data/list_text.jsonl", **FROZEN}),
     "jsonl line is a number": Case(RUN, "line 51 is a JSON number, not an object", {"data.path": "data/number_line.jsonl"}),
     "data file not at the rev": Case(RUN, "data file 'data/nope.csv' not found", {"data.path": "data/nope.csv"}),
     "eval file not at the rev": Case(RUN, "data file 'data/nope-eval.csv' not found", {"data.eval_path": "data/nope-eval.csv"}),
@@ -164,11 +171,13 @@ CASES: dict[str, Case] = {
                                            {"data.eval_path": "data/eval_unseen.csv"}),
     "data repo that does not exist": Case(RUN, "{nowhere}", {"data.repo": "{nowhere}"}),
     # --- workspace: data add validates before any commit or push
-    "data add: NUL byte": Case(("data", "add", "{outside}/nul.csv", "--name", "fresh"), "row 101"),
-    "data add: 5 MB field": Case(("data", "add", "{outside}/huge_field.csv", "--name", "fresh"), "row 101"),
-    "data add: duplicates": Case(("data", "add", "{outside}/dup_inside.csv", "--name", "fresh"), "duplicate of row 4"),
+    "data add: NUL byte": Case(("data", "add", "{outside}/nul.csv", "--name", "fresh"),
+                               "row 101 (file): text holds the control character '\\x00'"),
+    "data add: 5 MB field": Case(("data", "add", "{outside}/huge_field.csv", "--name", "fresh"),
+                                 "row 101 (file): text is 5,000,000 characters, over the limit of 100,000"),
+    "data add: duplicates": Case(("data", "add", "{outside}/dup_inside.csv", "--name", "fresh"), "row 101 (file): duplicate of row 4"),
     "data add: a bad file already in the workspace": Case(("data", "add", "{root}/data/dup_inside.csv", "--name", "dup_inside"),
-                                                          "duplicate of row 4"),
+                                                          "row 101 (file): duplicate of row 4"),
     "data add: missing file": Case(("data", "add", "{outside}/absent.csv", "--name", "fresh"), "not found"),
     "data add: a folder": Case(("data", "add", "{outside}", "--name", "fresh"), "{outside}"),
     "data add: unsupported format": Case(("data", "add", "{outside}/notes.txt", "--name", "fresh"),
@@ -269,15 +278,10 @@ def ws(tmp_path_factory, tiny_model) -> dict[str, str]:
     """A workspace whose version 1 is champion, with every bad data file committed; returns placeholders."""
     base = tmp_path_factory.mktemp("bad-input")
     root, outside = base / "ws", base / "outside"
-    assert cli("init", str(root)).returncode == 0
-    first_commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    (root / "tuneloop.yaml").write_text(tiny_config_text(tiny_model))
+    champion_workspace(root, tiny_model)  # its data is GOOD: 300 v1 tickets, seed 0
+    first_commit = subprocess.run(["git", "-C", str(root), "rev-list", "--max-parents=0", "HEAD"],
+                                  capture_output=True, text=True).stdout.strip()
     outside.mkdir()
-    synthetic.write_csv(GOOD, outside / "tickets.csv")
-    added = cli("data", "add", str(outside / "tickets.csv"), "--name", "tickets", "--config", str(root / "tuneloop.yaml"))
-    assert added.returncode == 0, added.stderr
-    ran = cli("run", "--config", str(root / "tuneloop.yaml"))
-    assert ran.returncode == 0 and "version 1: gate passed, now champion" in ran.stdout, ran.stderr[-3000:]
     _commit_bad_files(root)
     _make_outside(outside, tiny_model)
     with socket.socket() as probe:  # a loopback port with nothing listening

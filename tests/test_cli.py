@@ -14,8 +14,7 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 
-from tests.conftest import tiny_config_text
-from tuneloop import synthetic
+from tests.conftest import champion_workspace
 
 TUNELOOP = shutil.which("tuneloop")
 pytestmark = pytest.mark.skipif(TUNELOOP is None, reason="the tuneloop console script is not installed")
@@ -36,17 +35,7 @@ def registry_state(config: Path) -> dict:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_model) -> Path:
     """A workspace where one pipeline run through `tuneloop run` made version 1 the champion."""
-    root = tmp_path_factory.mktemp("cli") / "ws"
-    assert cli("init", str(root)).returncode == 0
-    config = root / "tuneloop.yaml"
-    config.write_text(tiny_config_text(tiny_model))
-    csv = synthetic.write_csv(synthetic.generate_tickets(1, 300, seed=0), root.parent / "tickets.csv")
-    added = cli("data", "add", str(csv), "--name", "tickets", "--config", str(config))
-    assert added.returncode == 0, added.stderr
-    ran = cli("run", "--config", str(config))
-    assert ran.returncode == 0, ran.stderr[-3000:]
-    assert "version 1: gate passed, now champion" in ran.stdout
-    return config
+    return champion_workspace(tmp_path_factory.mktemp("cli") / "ws", tiny_model)
 
 
 def test_first_run_becomes_champion_with_the_registry_contract(trained):

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import tiny_config_text
-from tuneloop import synthetic
+from tests.conftest import champion_workspace
 
 TUNELOOP = shutil.which("tuneloop")
 pytestmark = pytest.mark.skipif(TUNELOOP is None, reason="the tuneloop console script is not installed")
@@ -39,15 +38,7 @@ def runs_and_versions(root: Path) -> tuple[list[tuple[str, str]], list[str]]:
 @pytest.fixture(scope="module")
 def champion_ws(tmp_path_factory, tiny_model) -> Path:
     """A workspace whose version 1 is champion; returns its config path."""
-    root = tmp_path_factory.mktemp("interrupt") / "ws"
-    assert cli("init", str(root)).returncode == 0
-    config = root / "tuneloop.yaml"
-    config.write_text(tiny_config_text(tiny_model))
-    csv = synthetic.write_csv(synthetic.generate_tickets(1, 300, seed=0), root.parent / "tickets.csv")
-    assert cli("data", "add", str(csv), "--name", "tickets", "--config", str(config)).returncode == 0
-    ran = cli("run", "--config", str(config))
-    assert ran.returncode == 0, ran.stderr[-3000:]
-    return config
+    return champion_workspace(tmp_path_factory.mktemp("interrupt") / "ws", tiny_model)
 
 
 def interrupt_at(config: Path, step: str, whole_group: bool) -> subprocess.CompletedProcess:
@@ -100,13 +91,8 @@ def test_the_run_after_the_interruptions_succeeds(champion_ws):
 
 
 def test_a_failing_step_reports_its_own_error_class_step_and_log(tmp_path, tiny_model):
-    root = tmp_path / "ws"
-    assert cli("init", str(root)).returncode == 0
-    config = root / "tuneloop.yaml"
-    config.write_text(tiny_config_text(tiny_model))
-    csv = synthetic.write_csv(synthetic.generate_tickets(1, 300, seed=0), tmp_path / "tickets.csv")
-    assert cli("data", "add", str(csv), "--name", "tickets", "--config", str(config)).returncode == 0
-    assert cli("run", "--config", str(config)).returncode == 0
+    config = champion_workspace(tmp_path / "ws", tiny_model)
+    root = config.parent
     (weights,) = (root / "mlartifacts").rglob("adapter_model.safetensors")
     weights.unlink()  # the champion's adapter lost its weights after it was registered
     done = cli("run", "--config", str(config))
