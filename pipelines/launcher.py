@@ -60,13 +60,14 @@ class _StepOutput(io.TextIOBase):
         lines = (self.partial + text).split("\n")
         self.partial = lines.pop()
         for line in lines:
-            if self.verbose or " tuneloop." in line:
+            failed = _EXCEPTION_LINE.match(line)
+            if self.verbose or (" tuneloop." in line and not failed):  # the CLI says the error itself, once
                 self.console.write(line + "\n")
             if started := _TASK_START.search(line):
                 self.step, self.cause = started.group(1), None
                 if not self.verbose:  # verbose shows kfp's own line
                     self.console.write(f"{time.strftime('%H:%M:%S')} tuneloop.pipeline step {self.step} started\n")
-            elif failed := _EXCEPTION_LINE.match(line):
+            elif failed:
                 self.cause = failed.group(1), failed.group(2).strip()
         return len(text)
 

@@ -65,6 +65,8 @@ BAD_FILES: dict[str, bytes] = {
     "bad_json.jsonl": (jsonl_text([{"text": t, "label": lab} for t, lab in GOOD[:50]]) + "{not json\n").encode(),
     "list_text.jsonl": jsonl_text([{"text": t, "label": lab} for t, lab in GOOD[:50]] + [{"text": ["a", "b"], "label": "billing"}]).encode(),
     "number_line.jsonl": (jsonl_text([{"text": t, "label": lab} for t, lab in GOOD[:50]]) + "42\n").encode(),
+    "zero_width.csv": csv_text(GOOD[:100] + [("\u200b\u200b\u200b", "billing")]).encode(),
+    "tab_label.csv": csv_text(GOOD[:100] + [("my card was declined twice today", "bill\ting")]).encode(),
     "eval_clean.csv": csv_text(HELD_OUT).encode(),  # frozen held-out rows, so every bad row above is in train
     "eval_overlap.csv": csv_text(HELD_OUT + [GOOD[10]]).encode(),  # held-out row 61 is train row 11
     "eval_unseen.csv": csv_text(HELD_OUT + [("where is my refund for order 55", "refunds")]).encode(),
@@ -123,6 +125,10 @@ CASES: dict[str, Case] = {
                                       {"registry.tracking_uri": "sqlite:///"}),
     "model name with a slash": Case(RUN, "registry.model_name = \"team/model\": must not contain '/'",
                                     {"registry.model_name": "team/model"}),
+    "model name with a newline": Case(RUN, 'registry.model_name = "a\\nb": holds the invisible character',
+                                      {"registry.model_name": "a\nb"}),
+    "model name with a quote": Case(RUN, "registry.model_name = \"o'neil\": must not contain", {"registry.model_name": "o'neil"}),
+    "complex yaml key": Case(RUN, "config key at line 1 is a list; keys are plain names", config_text="? [a, b]\n: 1\n"),
     "cluster without a host": Case(RUN, "runtime.mode is kfp but runtime.host is empty", {"runtime.mode": "kfp"}),
     "cluster host not a url": Case(RUN, 'runtime.host = "kfp.internal": must be an http:// or https:// URL',
                                    {"runtime.mode": "kfp", "runtime.host": "kfp.internal"}),
@@ -133,6 +139,7 @@ CASES: dict[str, Case] = {
     "blank --rev": Case(("run", "--rev", "  "), "--rev '  ' is empty"),
     "unknown --rev": Case(("run", "--rev", "no-such-rev"), "rev 'no-such-rev' not found"),
     "blank data.rev": Case(RUN, 'data.rev = " ": must not be empty', {"data.rev": " "}),
+    "a revision range": Case(("run", "--rev", "HEAD..HEAD"), "rev 'HEAD..HEAD' not found"),
     "rev before the data existed": Case(("run", "--rev", "{first_commit}"), "data file 'data/tickets.csv' not found"),
     # --- data at the revision: validated on all rows, before any cap or split
     "NUL byte in a text": Case(RUN, "row 101 (train): text holds the control character '\\x00' at character 20; delete it",
@@ -159,6 +166,10 @@ CASES: dict[str, Case] = {
     "text column missing": Case(RUN, "has no column 'text' or 'label' (found: 'body', 'label')",
                                 {"data.path": "data/body_column.csv"}),
     "more cells than the header": Case(RUN, "has more cells than the header", {"data.path": "data/extra_cells.csv"}),
+    "text of zero-width spaces": Case(RUN, "row 101 (train): text holds the control character '\\u200b' at character 1",
+                                      {"data.path": "data/zero_width.csv", **FROZEN}),
+    "label with a tab": Case(RUN, "row 101 (train): label holds the control character '\\t' at character 5; delete it "
+                                  "(labels are one line)", {"data.path": "data/tab_label.csv", **FROZEN}),
     "duplicate rows": Case(RUN, "row 101 (train): duplicate of row 4", {"data.path": "data/dup_inside.csv", **FROZEN}),
     "jsonl line not json": Case(RUN, "line 51 is not valid JSON", {"data.path": "data/bad_json.jsonl"}),
     "jsonl text is a list": Case(RUN, "row 51 (train): text is a JSON array, not a string",
@@ -218,6 +229,15 @@ CASES: dict[str, Case] = {
     "ia3 feed-forward that matches nothing": Case(
         RUN, "method.target_modules: 'ffn' matches no layer",
         {"method.name": "ia3", "method.target_modules": ["key", "ffn"], "method.feedforward_modules": ["ffn"]}),
+    "classifier head as a target": Case(RUN, "method.target_modules: 'classifier' matches no layer",
+                                        {"method.target_modules": ["classifier"]}),
+    "config that does not match the weights": Case(
+        RUN, "weight 'embeddings.word_embeddings.weight' has shape [30522, 32] but config.json implies [30522, 64]",
+        {"model.base": "{outside}/wide-config"}),
+    "weights that are not safetensors": Case(RUN, "model.safetensors cannot be read", {"model.base": "{outside}/bad-weights"}),
+    "pipeline compile to a folder": Case(("pipeline", "compile", "-o", "{outside}"), "must be a file ending in .yaml or .yml"),
+    "gate on a file that is not scores": Case(("gate", "--scores", "{outside}/notes.txt", "--out", "{outside}/decision.json",
+                                               "--config", "{config}"), "is not a scores file from `tuneloop evaluate`"),
     "cuda without a GPU": Case(RUN, "runtime.device is cuda but no CUDA device is visible", {"runtime.device": "cuda"}),
     "pipeline root under a file": Case(RUN, "runtime.pipeline_root", {"runtime.pipeline_root": "{outside}/notes.txt/runs"}),
     "4-bit on CPU with narrow layers": Case(RUN, "quantization.bits 4 on CPU needs linear layers whose input width is a multiple of 64",
@@ -312,6 +332,11 @@ def _make_outside(outside: Path, tiny_model: Path) -> None:
     shutil.copy(tiny_model / "config.json", outside / "config-only" / "config.json")
     shutil.copytree(tiny_model, outside / "broken-config")
     (outside / "broken-config" / "config.json").write_text('{"model_type": "bert", "hidden_size": ')
+    shutil.copytree(tiny_model, outside / "wide-config")
+    wide = json.loads((tiny_model / "config.json").read_text())
+    (outside / "wide-config" / "config.json").write_text(json.dumps({**wide, "hidden_size": 64}))
+    shutil.copytree(tiny_model, outside / "bad-weights")
+    (outside / "bad-weights" / "model.safetensors").write_bytes(b"\xff" * 64)
     registry_db = Path(str(outside).replace("outside", "ws")) / "mlflow.db"
     corrupt = bytearray(registry_db.read_bytes())
     corrupt[len(corrupt) // 3: len(corrupt) // 3 + 4096] = b"\xde\xad\xbe\xef" * 1024  # a torn write in the middle

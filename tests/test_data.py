@@ -719,3 +719,14 @@ def gitrepo_log_count(root):
     from tuneloop import gitrepo
 
     return len(gitrepo.git(root, "log", "--format=%H").splitlines())
+
+
+def test_add_commits_the_data_alone_and_leaves_other_staged_work_staged(root, tickets_csv):
+    (root / "notes.txt").write_text("work in progress\n")
+    gitrepo.git(root, "add", "notes.txt")
+    version = data.add_dataset(root, tickets_csv, "tickets", DataConfig(path="data/tickets.csv"))
+    committed = gitrepo.git(root, "show", "--name-only", "--format=", version.rev).splitlines()
+    assert committed == ["data/.gitignore", "data/tickets.csv.dvc"]
+    assert gitrepo.git(root, "status", "--porcelain") == "A  notes.txt"
+    again = data.add_dataset(root, tickets_csv, "tickets", DataConfig(path="data/tickets.csv"))  # same bytes: no-op
+    assert again.rev == version.rev and gitrepo.git(root, "status", "--porcelain") == "A  notes.txt"

@@ -23,11 +23,13 @@ def test_inspect_base_reads_the_architecture_without_weights(tiny_model):
 
 
 def test_a_tokenizer_larger_than_the_embeddings_is_refused(tiny_model, tmp_path):
+    from transformers import AutoTokenizer
+
     folder = shutil.copytree(tiny_model, tmp_path / "small-vocab")
-    config = json.loads((folder / "config.json").read_text())
-    config["vocab_size"] = 1000
-    (folder / "config.json").write_text(json.dumps(config))
-    with pytest.raises(TrainingError, match=r"its tokenizer has 30522 tokens but the model only 1000 embeddings"):
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    tokenizer.add_tokens(["<ticket>", "<order>"])
+    tokenizer.save_pretrained(str(folder))
+    with pytest.raises(TrainingError, match=r"its tokenizer has 30524 tokens but the model only 30522 embeddings"):
         modeling.inspect_base(str(folder))
 
 

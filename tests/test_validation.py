@@ -215,7 +215,7 @@ ROW_CASES = [
          "delete it (tab, newline and carriage return are the only ones allowed)")]),
     ("DEL in a label", "train", ("fine text", "pos\x7f"), {}, [
         ("control_characters", "train", 5, "row 5 (train): label holds the control character '\\x7f' at character 4; "
-         "delete it (tab, newline and carriage return are the only ones allowed)")]),
+         "delete it (labels are one line)")]),
     ("text just over the size limit", "train", ("x" * (MAX_TEXT_CHARS + 1), "pos"), {}, [
         ("too_long", "train", 5, "row 5 (train): text is 100,001 characters, over the limit of 100,000; shorten or "
          "split the text (an unbalanced quote can also merge many rows into one field)")]),
@@ -238,6 +238,7 @@ ROW_CASES = [
     ("two defects in one row", "train", ("\x00", "pos "), {}, [
         ("control_characters", "train", 5, "row 5 (train): text holds the control character '\\x00' at character 1; "
          "delete it (tab, newline and carriage return are the only ones allowed)"),
+        ("missing_text", "train", 5, "row 5 (train): text is empty; fill in the text or remove the row"),
         ("label_whitespace", "train", 5, "row 5 (train): label 'pos ' has whitespace around it, so it would be a "
          "class apart from 'pos'; strip the label")]),
 ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import unicodedata
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal, Union
 
@@ -34,6 +35,10 @@ class _Strict(BaseModel):
 def _filled(value: str) -> str:
     if not value.strip():
         raise PydanticCustomError("blank", "must not be empty")
+    # control and format characters (newline, NUL, zero-width space) never belong in a name
+    hidden = next((c for c in value if unicodedata.category(c) in ("Cc", "Cf")), None)
+    if hidden is not None:
+        raise PydanticCustomError("hidden", "holds the invisible character {char}", {"char": repr(hidden)})
     return value
 
 
@@ -57,8 +62,9 @@ def _no_spaces(value: str) -> str:
 
 
 def _model_name(value: str) -> str:
-    if re.search(r"[/:]", value):
-        raise PydanticCustomError("model_name", "must not contain '/' or ':' (MLflow refuses them)")
+    # MLflow refuses '/' and ':' and treats '.' and '..' as paths; quotes would break its filter strings
+    if re.search(r"[/:'\"`]", value) or set(value) <= {"."}:
+        raise PydanticCustomError("model_name", "must not contain / : ' \" ` or be only dots (MLflow refuses them)")
     return value
 
 
@@ -329,6 +335,8 @@ class _ConfigLoader(yaml.SafeLoader):
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=True)
             line = key_node.start_mark.line + 1
+            if not isinstance(key, (str, int, float, bool)) and key is not None:
+                raise ConfigError(f"config key at line {line} is a {type(key).__name__}; keys are plain names such as epochs")
             if key in seen:
                 raise ConfigError(
                     f"config key {key!r} appears twice (lines {seen[key]} and {line}); keep one of them"

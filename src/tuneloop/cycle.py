@@ -15,6 +15,7 @@ from pathlib import Path
 
 from tuneloop import data, evaluation, gate, preflight, registry, training
 from tuneloop.config import Config
+from tuneloop.errors import DataError
 from tuneloop.evaluation import EvalReport
 from tuneloop.gate import GateDecision
 from tuneloop.modeling import pick_device, read_adapter_meta
@@ -42,6 +43,19 @@ class Evaluation:
         """Rebuild from `to_dict` output."""
         champion = EvalReport(**raw["champion"]) if raw["champion"] else None
         return cls(EvalReport(**raw["candidate"]), champion, raw["champion_version"])
+
+    @classmethod
+    def load(cls, path: Path) -> "Evaluation":
+        """Read a scores file written by `evaluate`.
+
+        Raises:
+            DataError: when the file is missing or is not a scores file.
+        """
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except (ValueError, TypeError, KeyError, AttributeError, OSError) as exc:
+            raise DataError(f"{path} is not a scores file from `tuneloop evaluate` ({type(exc).__name__}: {exc}); "
+                            f"recreate it with `tuneloop evaluate --out {path}`") from exc
 
 
 def run_preflight(cfg: Config, rev: str, out_dir: Path) -> data.Snapshot:

@@ -168,9 +168,10 @@ def _track(root: Path, source: Path, target: Path, in_place: bool, rollback: "_R
     finally:
         repo.close()
     rollback.step = "git commit"
-    if not gitrepo.has_staged_changes(root):  # the same bytes are already tracked: a no-op, not an error
+    own = (f"{target}.dvc", "data/.gitignore")
+    if not gitrepo.has_staged_changes(root, own):  # the same bytes are already tracked: a no-op, not an error
         return gitrepo.git(root, "log", "-1", "--format=%H", "--", f"{target}.dvc")
-    return gitrepo.commit(root, [f"{target}.dvc"], f"data: track {target} with DVC")
+    return gitrepo.commit(root, list(own), f"data: track {target} with DVC")
 
 
 @dataclass
@@ -199,6 +200,9 @@ class _Rollback:
             (self.root / path).unlink(missing_ok=True)
             if content is not None:
                 (self.root / path).write_bytes(content)
+        index = self.root / gitrepo.git(self.root, "rev-parse", "--git-path", "index")
+        for stale in index.parent.glob("next-index-*.lock"):  # a killed `git commit -- paths` leaves its own index
+            stale.unlink(missing_ok=True)
         data_dir = self.root / "data"
         if not self.had_data_dir and data_dir.is_dir() and not any(data_dir.iterdir()):
             data_dir.rmdir()
@@ -218,11 +222,15 @@ _FIXES = {
 
 def _failure(exc: BaseException, target: Path, step: str) -> BaseException:
     """Turn a failure while tracking `target` into one line; unknown errors pass through as they are."""
+    from dulwich.file import FileLocked  # DVC's git layer: another git process holds .git/index.lock
     from dvc.exceptions import DvcException
 
     done = "the workspace is as it was, nothing was committed"
     if isinstance(exc, KeyboardInterrupt):
         return Interrupted(f"interrupted during {step} of {target}; {done}; rerun `tuneloop data add` to add it")
+    if isinstance(exc, FileLocked):
+        return WorkspaceError(f"{step} of {target} failed: git is locked by another process ({exc}); {done}; "
+                              "wait for it to finish (or remove a stale .git/index.lock) and rerun")
     if isinstance(exc, (DvcException, OSError)):
         detail = " ".join(" ".join(str(e) for e in (exc, exc.__cause__) if e).split())
         return DataError(f"{step} of {target} failed: {detail}; {done}; {_FIXES[step]}")
@@ -357,5 +365,9 @@ def load_snapshot(snapshot_dir: Path) -> tuple[Snapshot, pd.DataFrame, pd.DataFr
     """
     if not (snapshot_dir / META_FILE).is_file():
         raise DataError(f"{snapshot_dir} holds no data snapshot; create it with `tuneloop data validate --out {snapshot_dir}`")
-    meta = Snapshot(**json.loads((snapshot_dir / META_FILE).read_text()))
-    return meta, tables.read_frame(snapshot_dir / TRAIN_FILE), tables.read_frame(snapshot_dir / HELD_OUT_FILE)
+    try:
+        meta = Snapshot(**json.loads((snapshot_dir / META_FILE).read_text()))
+        return meta, tables.read_frame(snapshot_dir / TRAIN_FILE), tables.read_frame(snapshot_dir / HELD_OUT_FILE)
+    except (ValueError, TypeError, KeyError, OSError) as exc:  # hand-edited or half-written: never guess
+        raise DataError(f"{snapshot_dir} holds a damaged snapshot ({type(exc).__name__}: {exc}); "
+                        f"recreate it with `tuneloop data validate --out {snapshot_dir}`") from exc

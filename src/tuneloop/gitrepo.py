@@ -6,6 +6,7 @@ what users know.
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -47,7 +48,7 @@ def resolve_rev(repo: Path | str, rev: str) -> str:
     if not Path(repo).is_dir():
         return _resolve_remote(str(repo), rev)
     sha = git(repo, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}", check=False)
-    if not sha:
+    if not re.fullmatch(r"[0-9a-f]{40,64}", sha):  # "A..B" or "A...B" name a range, not one commit
         raise DataError(f"rev {rev!r} not found in {repo}; pass a commit, tag or branch listed by `git log`")
     return sha
 
@@ -76,14 +77,17 @@ def _resolve_remote(url: str, rev: str) -> str:
     return lines[0]
 
 
-def has_staged_changes(repo: Path) -> bool:
-    """Tell whether the index differs from HEAD."""
-    return subprocess.run(["git", "-C", str(repo), "diff", "--cached", "--quiet"]).returncode == 1
+def has_staged_changes(repo: Path, paths: tuple[str, ...] = ()) -> bool:
+    """Tell whether the index differs from HEAD (only under `paths`, when given)."""
+    return subprocess.run(["git", "-C", str(repo), "diff", "--cached", "--quiet", "--", *paths]).returncode == 1
 
 
 def commit(repo: Path, paths: list[str], message: str) -> str:
-    """Stage `paths` and commit them (with a fallback identity when none is configured); return the sha."""
+    """Stage `paths` and commit them alone (with a fallback identity when none is configured); return the sha.
+
+    Whatever else the user has staged stays staged and out of this commit.
+    """
     git(repo, "add", "--", *paths)
     identity = () if git(repo, "config", "user.email", check=False) else _IDENTITY
-    git(repo, *identity, "commit", "--quiet", "-m", message)
+    git(repo, *identity, "commit", "--quiet", "-m", message, "--", *paths)
     return git(repo, "rev-parse", "HEAD")

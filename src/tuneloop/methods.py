@@ -41,6 +41,10 @@ ADAPTABLE = {
 }
 
 
+# The classification head trains in full (peft's modules_to_save); peft refuses it as an adapter target.
+HEADS = {"classifier", "score"}
+
+
 def _matches(target: str, name: str) -> bool:
     """peft's rule for a list of target names: the module's full name or its dotted suffix."""
     return name == target or name.endswith("." + target)
@@ -61,7 +65,8 @@ def check_targets(method: LoraMethod | IA3Method, layers: dict[str, str], base: 
     Raises:
         TrainingError: naming the key, the module, and the layers that do exist.
     """
-    adaptable = {name: kind for name, kind in layers.items() if kind in ADAPTABLE[method.name]}
+    adaptable = {name: kind for name, kind in layers.items()
+                 if kind in ADAPTABLE[method.name] and not set(name.split(".")) & HEADS}
     for target in method.target_modules:
         if any(_matches(target, name) for name in adaptable):
             continue

@@ -29,6 +29,8 @@ _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "spe
 
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 _POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len")
+# RoBERTa-style models number positions from padding_idx + 1, so pad_token_id + 1 of them are never usable.
+_OFFSET_POSITIONS = {"roberta", "xlm-roberta", "camembert", "longformer", "mpnet", "data2vec-text", "xmod", "roberta-prelayernorm"}
 
 
 @dataclass(frozen=True)
@@ -120,6 +122,7 @@ def inspect_base(base: str) -> BaseFacts:
             f"model.base {base!r} is a {config.model_type!r} model, which has no sequence-classification head "
             "in transformers; pick an encoder or decoder that has one"
         ) from exc
+    _check_weights(base, folder, model)
     vocab = getattr(config, "vocab_size", None)
     if vocab is not None and len(tokenizer) > vocab:
         raise TrainingError(
@@ -127,12 +130,52 @@ def inspect_base(base: str) -> BaseFacts:
             "save the model with its own tokenizer"
         )
     positions = next((getattr(config, key) for key in _POSITION_KEYS if getattr(config, key, None)), None)
+    if positions is not None and config.model_type in _OFFSET_POSITIONS:  # positions start after the padding index
+        positions -= (getattr(config, "pad_token_id", None) or 0) + 1
     modules = [(name, module) for name, module in model.named_modules() if name]
     return BaseFacts(
         folder=folder, model_type=config.model_type, max_positions=positions,
         layers={name: type(module).__name__ for name, module in modules},
         in_features={name: module.in_features for name, module in modules if isinstance(module, torch.nn.Linear)},
     )
+
+
+def _check_weights(base: str, folder: Path, model: Any) -> None:
+    """Compare the safetensors weights with the architecture config.json describes, reading headers only.
+
+    transformers re-initializes any weight that is missing or of another shape at random (quietly,
+    with its logging turned down), so a config that does not match its weights would train on noise.
+    Only the task head and the pooler may be missing; nothing may have another shape.
+
+    Raises:
+        TrainingError: naming the first missing or mismatched weight, or an unreadable weight file.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    prefix = f"{model.base_model_prefix}."
+    expected = {name.removeprefix(prefix): tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+    optional = {name.removeprefix(prefix) for name in model.state_dict() if not name.startswith(prefix) or ".pooler." in f".{name}"}
+    stored: dict[str, tuple] = {}
+    for file in sorted(folder.glob("*.safetensors")):  # a .bin-only base is left to transformers
+        try:
+            with safe_open(str(file), "pt") as handle:
+                stored.update({key.removeprefix(prefix): tuple(handle.get_slice(key).get_shape()) for key in handle.keys()})
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise TrainingError(
+                f"model.base {base!r}: {file.name} cannot be read ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
+                "re-save the model with save_pretrained"
+            ) from exc
+    if not stored:
+        return
+    for name, shape in expected.items():
+        if name in optional:
+            continue
+        if name not in stored:
+            raise TrainingError(f"model.base {base!r}: config.json describes weight {name!r}, which the weight files lack; "
+                                "the config does not belong to these weights, so re-save the model with save_pretrained")
+        if stored[name] != shape:
+            raise TrainingError(f"model.base {base!r}: weight {name!r} has shape {list(stored[name])} but config.json "
+                                f"implies {list(shape)}; the config does not belong to these weights")
 
 
 def _digest(folder: Path, names: list[str]) -> str:

@@ -101,6 +101,11 @@ def _translated(cfg: RegistryConfig) -> Iterator[None]:
 
     try:
         yield
+    except ImportError as exc:  # postgresql:// or mysql:// without its driver
+        raise RegistryError(
+            f"registry.tracking_uri {cfg.tracking_uri.split('://')[0]}:// needs a database driver that is not installed "
+            f"({exc}); install it (PostgreSQL: pip install psycopg2-binary, MySQL: pip install pymysql)"
+        ) from exc
     except (MlflowException, sqlalchemy.exc.SQLAlchemyError, sqlite3.Error, requests.RequestException, OSError) as exc:
         detail = store.one_line(exc)
         if store.sqlite_path(cfg) is not None and any(marker in detail for marker in store.CORRUPT):

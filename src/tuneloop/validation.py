@@ -45,7 +45,10 @@ _LONG_FIX = {
 }
 # C0 controls and DEL, except tab, newline and carriage return (ordinary in texts and CSV files):
 # NUL and friends are invisible in reviews, break tokenizers and downstream C string handling.
-_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# C0 (but tab, newline, carriage return), DEL, C1 and the zero-width/bidi format characters: none is
+# text a person wrote, and each changes what a tokenizer sees without showing on screen.
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u00ad\u200b-\u200f\u2028-\u202e\u2060-\u2064\ufeff]")
+_LABEL_CONTROL = re.compile(_CONTROL.pattern[:-1] + "\t\n\r]")  # a label is one line of printable text
 _SNIPPET = 40  # characters of a text quoted in a message: enough to find it, short enough for one line
 
 
@@ -224,7 +227,8 @@ def _prepare(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _present(values: pd.Series) -> pd.Series:
-    return values.notna() & values.astype(str).str.strip().ne("")
+    """Present: not missing, and something visible once whitespace and invisible characters are removed."""
+    return values.notna() & values.astype(str).str.replace(_CONTROL.pattern, "", regex=True).str.strip().ne("")
 
 
 def _finish(source, train, held_out, labels, problems) -> ValidationReport:
@@ -337,12 +341,16 @@ def _value_problems(frame: pd.DataFrame, split: str) -> list[Problem]:
     problems = []
     for field, limit in (("text", MAX_TEXT_CHARS), ("label", MAX_LABEL_CHARS)):
         values = frame[field].fillna("").astype(str)
-        flagged = values.str.contains(_CONTROL.pattern)
+        pattern = _CONTROL if field == "text" else _LABEL_CONTROL
+        flagged = values.str.contains(pattern.pattern)
+        if field == "label":  # a blank label is reported as missing, not for the tab in it
+            flagged &= frame["has_label"]
         for row, value in zip(frame.loc[flagged, "row"], values[flagged]):
-            found = _CONTROL.search(value)
+            found = pattern.search(value)
+            allowed = "tab, newline and carriage return are the only ones allowed" if field == "text" else "labels are one line"
             message = (
-                f"row {row} ({split}): {field} holds the control character '\\x{ord(found.group()):02x}' at character "
-                f"{found.start() + 1}; delete it (tab, newline and carriage return are the only ones allowed)"
+                f"row {row} ({split}): {field} holds the control character {found.group()!r} at character "
+                f"{found.start() + 1}; delete it ({allowed})"
             )
             problems.append(Problem("control_characters", message, split, int(row)))
         lengths = values.str.len()

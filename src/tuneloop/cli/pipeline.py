@@ -8,6 +8,8 @@ from typing import Optional
 
 import typer
 
+from tuneloop.errors import PipelineError
+
 app = typer.Typer(help="Kubeflow pipelines.", no_args_is_help=True)
 
 
@@ -17,6 +19,10 @@ def compile_(
     image: Optional[str] = typer.Option(None, "--image", help="Image every step runs in (default: the release image)."),
 ) -> None:
     """Compile the continuous-training pipeline to KFP IR YAML."""
+    if output.suffix not in (".yaml", ".yml") or output.is_dir():
+        raise PipelineError(f"--output {str(output)!r} must be a file ending in .yaml or .yml; e.g. -o continuous_training.yaml")
+    if image is not None and (not image.strip() or any(c.isspace() for c in image)):
+        raise PipelineError(f"--image {image!r} must be an image reference without spaces, e.g. registry.example.com/tuneloop:0.1.0")
     if image:
         os.environ["TUNELOOP_IMAGE"] = image  # read when the components are first imported, just below
     from tuneloop.pipelines.launcher import compile_pipeline

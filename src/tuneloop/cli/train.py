@@ -53,6 +53,6 @@ def gate(
     """Apply the gate to a scores file; write the decision (exit 0 whether it passes or not)."""
     if not scores.is_file():
         raise DataError(f"scores file {str(scores)!r} not found; create it with `tuneloop evaluate --out {scores}`")
-    decision = cycle.gate_step(config_for(config), cycle.Evaluation.from_dict(json.loads(scores.read_text())))
+    decision = cycle.gate_step(config_for(config), cycle.Evaluation.load(scores))
     out.write_text(json.dumps(decision.to_dict(), indent=2))
     typer.echo(f"gate {'passed' if decision.passed else 'rejected'}: " + "; ".join(decision.reasons))
