@@ -123,7 +123,7 @@ CASES: dict[str, Case] = {
     "missing config file": Case(("run", "--config", "{missing}"), "not found; pass an existing file"),
     "sqlite uri without a file": Case(RUN, "registry.tracking_uri 'sqlite:///' names no database file",
                                       {"registry.tracking_uri": "sqlite:///"}),
-    "model name with a slash": Case(RUN, "registry.model_name = \"team/model\": must not contain '/'",
+    "model name with a slash": Case(RUN, 'registry.model_name = "team/model": must not contain / :',
                                     {"registry.model_name": "team/model"}),
     "model name with a newline": Case(RUN, 'registry.model_name = "a\\nb": holds the invisible character',
                                       {"registry.model_name": "a\nb"}),
