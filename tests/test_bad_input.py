@@ -229,7 +229,7 @@ CASES: dict[str, Case] = {
     "ia3 feed-forward that matches nothing": Case(
         RUN, "method.target_modules: 'ffn' matches no layer",
         {"method.name": "ia3", "method.target_modules": ["key", "ffn"], "method.feedforward_modules": ["ffn"]}),
-    "classifier head as a target": Case(RUN, "method.target_modules: 'classifier' matches no layer",
+    "classifier head as a target": Case(RUN, "method.target_modules: 'classifier' names the classification head of model.base",
                                         {"method.target_modules": ["classifier"]}),
     "config that does not match the weights": Case(
         RUN, "weight 'embeddings.word_embeddings.weight' has shape [30522, 32] but config.json implies [30522, 64]",

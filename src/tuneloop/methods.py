@@ -70,10 +70,15 @@ def check_targets(method: LoraMethod | IA3Method, layers: dict[str, str], base: 
     for target in method.target_modules:
         if any(_matches(target, name) for name in adaptable):
             continue
-        wrong = sorted({kind for name, kind in layers.items() if _matches(target, name)})
+        matched = {name: kind for name, kind in layers.items() if _matches(target, name)}
+        wrong = sorted(set(matched.values()))
         where = f"model.base {base!r}"
-        why = (f"names a {'/'.join(wrong)} layer of {where}, which {method.name} cannot adapt" if wrong
-               else f"matches no layer of {where}")
+        if matched and all(set(name.split(".")) & HEADS for name in matched):
+            why = f"names the classification head of {where}, which is trained in full, not adapted"
+        elif wrong:
+            why = f"names a {'/'.join(wrong)} layer of {where}, which {method.name} cannot adapt"
+        else:
+            why = f"matches no layer of {where}"
         leaves = sorted({name.rsplit(".", 1)[-1] for name in adaptable})
         raise TrainingError(f"method.target_modules: {target!r} {why}; use some of its adaptable layers: {', '.join(leaves)}")
 
