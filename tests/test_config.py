@@ -241,7 +241,7 @@ def test_a_base_model_folder_next_to_the_config_resolves(tmp_path):
 
 STRICT_CASES = {
     "bool for an int": ("train:\n  epochs: true\n", 'train.epochs = true: input should be a valid integer; fix the value'),
-    "string for a float": ('gate:\n  max_regression: "1.0"\n', 'gate.max_regression = "1.0": input should be a valid number'),
+    "string for a float": ('gate:\n  margin: "1.0"\n', 'gate.margin = "1.0": input should be a valid number'),
     "float for an int": ("method:\n  name: lora\n  r: 8.5\n", "method.lora.r = 8.5: input should be a valid integer"),
     "int for a bool": ("data:\n  allow_duplicates: 1\n", "data.allow_duplicates = 1: input should be a valid boolean"),
     "empty text column": ('data:\n  text_column: ""\n', 'data.text_column = "": must not be empty'),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +11,10 @@ import pytest
 import yaml
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
-from tuneloop import evaluation, synthetic, training
+from tuneloop import evaluation, modeling, synthetic, training
 from tuneloop.config import parse_config
+from tuneloop.errors import DataError
+from tuneloop.evaluation import EvalReport
 from tests.conftest import tiny_config_text
 
 LABELS = ["account", "billing", "refund", "technical"]
@@ -114,6 +117,51 @@ def test_predicted_classes_counts_distinct_predictions():
     assert report.predicted_classes == 2
 
 
+def test_a_report_keeps_every_row_in_order():
+    report = evaluation.score(["a", "b", "c"], ["a", "c", "c"], ["a", "b", "c"], scores=[0.9, 0.5, 0.75],
+                              slices=["eu", "us", "eu"])
+    assert (report.truth, report.predictions, report.scores) == (["a", "b", "c"], ["a", "c", "c"], [0.9, 0.5, 0.75])
+    assert (report.slices, report.model_labels) == (["eu", "us", "eu"], ["a", "b", "c"])
+    bare = evaluation.score(["a", "b"], ["a", "a"], ["a", "b", "c"], model_labels=["a", "b", "c", "d"])
+    assert (bare.scores, bare.slices, bare.model_labels) == ([], None, ["a", "b", "c", "d"])
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ({"scores": [0.9]}, r"^3 true labels but \{'scores': 1\}; pass one entry per held-out row$"),
+        ({"slices": []}, r"^3 true labels but \{'slices': 0\}; pass one entry per held-out row$"),
+    ],
+)
+def test_per_row_lists_of_another_length_are_refused(given, message):
+    with pytest.raises(DataError, match=message):
+        evaluation.score(["a", "b", "a"], ["a", "b", "b"], ["a", "b"], **given)
+
+
+def test_a_report_round_trips_through_json():
+    report = evaluation.score(["a", "b", "a"], ["a", "b", "b"], ["a", "b"], scores=[0.6, 0.7, 0.8], slices=["x", "y", "x"])
+    assert EvalReport.from_dict(json.loads(json.dumps(report.to_dict()))) == report
+
+
+def test_a_report_written_before_the_per_row_fields_loads():
+    report = evaluation.score(["a", "b", "a"], ["a", "b", "b"], ["a", "b"])
+    old = {k: v for k, v in json.loads(json.dumps(report.to_dict())).items()
+           if k not in ("truth", "predictions", "scores", "slices", "model_labels")}
+    loaded = EvalReport.from_dict(old)
+    assert (loaded.truth, loaded.slices, loaded.model_labels, loaded.accuracy_ci) == ([], None, ["a", "b"], report.accuracy_ci)
+    with pytest.raises(TypeError, match=r"unknown evaluation report keys \['f1'\]"):
+        EvalReport.from_dict({**old, "f1": 0.5})
+
+
+def test_compare_gives_the_same_interval_whatever_the_chunk_size(monkeypatch):
+    truth, predicted = all_labels(np.random.default_rng(7))
+    candidate = evaluation.score(truth.tolist(), predicted.tolist(), LABELS)
+    champion = evaluation.score(truth.tolist(), noisy_predictions(np.random.default_rng(8), truth, LABELS).tolist(), LABELS)
+    whole = evaluation.compare(candidate, champion, draws=100, seed=2)
+    monkeypatch.setattr(evaluation, "CHUNK_CELLS", 7 * (len(truth) + 16))  # 15 chunks of 7 draws, the last of 2
+    assert evaluation.compare(candidate, champion, draws=100, seed=2) == whole
+
+
 @pytest.fixture(scope="module")
 def adapter(tiny_model, tmp_path_factory):
     """An adapter trained for one epoch on 80 synthetic tickets."""
@@ -133,3 +181,31 @@ def test_evaluate_scores_every_held_out_row(adapter):
     assert set(held_out["label"]) <= set(report.labels) <= set(adapter.labels)
     assert report.accuracy == pytest.approx(float(np.mean(np.array(predicted) == held_out["label"].to_numpy())))
     assert report.latency_ms > 0
+    assert (report.truth, report.predictions) == (held_out["label"].tolist(), predicted)
+    assert (report.slices, report.model_labels) == (None, adapter.labels)
+
+
+def test_predict_scored_gives_the_softmax_probability_of_each_predicted_label(adapter):
+    import torch
+
+    texts = [text for text, _ in synthetic.generate_tickets(1, 5, seed=2)]
+
+    labels, probabilities, _ = evaluation.predict_scored(Path(adapter.adapter_dir), texts, "cpu", batch_size=2)
+
+    model, tokenizer, meta = modeling.load_adapter(Path(adapter.adapter_dir), "cpu")
+    with torch.no_grad():
+        for text, label, probability in zip(texts, labels, probabilities):
+            softmax = model(**tokenizer([text], truncation=True, max_length=meta.max_length, return_tensors="pt")).logits.softmax(-1)[0]
+            assert (label, probability) == (meta.labels[int(softmax.argmax())], pytest.approx(float(softmax.max()), abs=1e-5))
+    assert evaluation.predict(Path(adapter.adapter_dir), texts, "cpu")[0] == labels
+
+
+def test_evaluate_reads_a_slice_column_when_the_rows_carry_one(adapter):
+    held_out = pd.DataFrame(synthetic.generate_tickets(1, 12, seed=3), columns=["text", "label"])
+    held_out["slice"] = ["eu", "us", "apac"] * 4
+
+    report = evaluation.evaluate(Path(adapter.adapter_dir), held_out, "cpu")
+
+    assert report.slices == ["eu", "us", "apac"] * 4
+    _, probabilities, _ = evaluation.predict_scored(Path(adapter.adapter_dir), held_out["text"].tolist(), "cpu")
+    assert report.scores == pytest.approx(probabilities, abs=1e-6)

@@ -27,7 +27,7 @@ MAX_SEED = 2**32 - 1  # numpy's seed range
 
 
 class _Strict(BaseModel):
-    # strict: `epochs: true` or `max_regression: "1.0"` is a typo to report, not a value to coerce;
+    # strict: `epochs: true` or `margin: "1.0"` is a typo to report, not a value to coerce;
     # NaN and infinity pass every range check by comparing false, so they are refused outright.
     model_config = ConfigDict(extra="forbid", validate_default=True, strict=True, allow_inf_nan=False)
 
@@ -128,6 +128,10 @@ class DataConfig(_Strict):
     allow_duplicates: bool = Field(False, description="Accept repeated (text, label) rows instead of failing.")
     max_train_rows: int | None = Field(None, ge=2, le=10**9, description="Cap on training rows (first N after split).")
     max_eval_rows: int | None = Field(None, ge=1, le=10**9, description="Cap on held-out rows.")
+    slice_column: Name | None = Field(
+        None, description="Column naming each row's slice (region, language...) for the gate's per-slice checks; "
+                          "refused until data snapshots carry it.",
+    )
 
     @field_validator("repo")
     @classmethod
@@ -144,6 +148,13 @@ class DataConfig(_Strict):
             raise ValueError(
                 f"data.eval_path is data.path ({self.path!r}): the model would be judged on its own training rows; "
                 "point eval_path at a separate held-out file or remove it"
+            )
+        if self.slice_column is not None:
+            # The gate and evaluation handle per-row slices, but snapshots keep text and label only
+            # (tables.parse_table / read_frame); accepting the key would silently gate no slice.
+            raise ValueError(
+                f"data.slice_column {self.slice_column!r} cannot be read yet: data snapshots keep only the text "
+                "and label columns; remove data.slice_column"
             )
         return self
 
@@ -232,17 +243,51 @@ class TrainConfig(_Strict):
 
 
 class GateConfig(_Strict):
-    """When a candidate may replace the champion."""
+    """When a candidate may replace the champion (see `tuneloop.gate` for the statistics)."""
 
-    metric: Literal["macro_f1", "accuracy"] = "macro_f1"
+    metric: Literal["macro_f1", "accuracy"] = Field(
+        "macro_f1", description="The headline metric reported with the decision; must be one of `metrics`."
+    )
+    metrics: Annotated[list[Literal["accuracy", "macro_f1"]], AfterValidator(_unique)] = Field(
+        default_factory=lambda: ["accuracy", "macro_f1"], min_length=1,
+        description="Metrics on which the candidate must be non-inferior to the champion.",
+    )
     min_accuracy: float = Field(0.5, ge=0.0, le=1.0, description="Absolute floor.")
     min_macro_f1: float = Field(0.5, ge=0.0, le=1.0, description="Absolute floor.")
-    max_regression: float = Field(
-        1.0, ge=0.0, le=100.0, description="Largest drop vs the champion on `metric`, in points (1.0 = 0.01)."
+    margin: float = Field(
+        1.0, ge=0.0, le=100.0,
+        description="Non-inferiority margin in points (1.0 = 0.01): the 95% interval of candidate - champion "
+                    "must stay at or above -margin on every metric in `metrics`.",
+    )
+    min_rows: int = Field(
+        200, ge=1, le=10**9,
+        description="Fewest held-out rows to compare against a champion; below it the gate refuses to decide.",
+    )
+    first_run: Literal["floors", "require_manual"] = Field(
+        "floors",
+        description="With no champion (or a changed label set): pass on the floors, or require a manual promotion.",
+    )
+    bootstrap_draws: int = Field(
+        1000, ge=100, le=100_000,
+        description="Paired bootstrap resamples; with 1,000 the lower bound moves ~0.25 point between seeds "
+                    "at 200 rows, ~0.1 at 1,000.",
+    )
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Seeds the bootstrap, so a decision is reproducible.")
+    min_slice_rows: int = Field(
+        30, ge=1, le=10**9, description="Slices with fewer held-out rows are reported but not gated."
     )
     reject_degenerate: bool = Field(
         True, description="Reject a model predicting one class, or not beating the majority baseline on macro-F1."
     )
+
+    @model_validator(mode="after")
+    def _headline_is_gated(self) -> "GateConfig":
+        if self.metric not in self.metrics:
+            raise ValueError(
+                f"gate.metric {self.metric!r} is not in gate.metrics {self.metrics}; add it to gate.metrics "
+                "or pick one of them as gate.metric"
+            )
+        return self
 
 
 class RegistryConfig(_Strict):

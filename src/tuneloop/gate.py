@@ -1,31 +1,81 @@
 """The evaluation gate: a pure decision over two evaluation reports. Imports no SDK.
 
-A candidate passes when it clears the absolute floors, is not degenerate, and (when a champion
-exists) trails it by at most `gate.max_regression` points on `gate.metric`. The first run, with
-no champion, passes on the floors and the degeneracy check alone.
+The statistics (`evaluation.compare`) are computed in evaluation; this module owns the policy.
+
+A candidate must clear the absolute floors and not be degenerate. With a champion scored on the
+same held-out rows, it must also be shown non-inferior on every metric in `gate.metrics`
+(accuracy and macro-F1 by default): the 95% paired-bootstrap interval of candidate - champion,
+in points, must have its lower bound at or above -`gate.margin`. A higher point estimate is not
+enough; on 200 rows one row is 0.5 accuracy points, so chance alone moves a point estimate by
+several points. McNemar's exact test on the rows where exactly one model is right is reported
+with the decision but does not gate it: non-inferiority, not a significant difference, is the bar.
+
+Policies (`GateDecision.policy`):
+- "compared": the paired comparison above.
+- "first_run": no champion; `gate.first_run` = "floors" passes on the floors and the degeneracy
+  checks, "require_manual" leaves the promotion to a person (`passed` and `manual` both True:
+  the checks passed, and the cycle registers it without moving the champion alias).
+- "reset_baseline": the champion was trained on another label set, so the scores do not
+  compare; handled as a first run.
+- "too_few_rows": fewer than `gate.min_rows` held-out rows; the gate refuses to decide (not passed).
+
+Slices (when the reports carry per-row slice values): no slice of at least `gate.min_slice_rows`
+rows may drop past the margin on a gated metric, by point estimate (a slice's interval is too
+wide to gate on); smaller slices are reported, not gated.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
+from tuneloop import evaluation
 from tuneloop.config import GateConfig
 from tuneloop.evaluation import EvalReport
+
+MANUAL = "promote it by hand after review (`tuneloop registry promote`)"
+POLICIES = ("compared", "first_run", "reset_baseline", "too_few_rows")
 
 
 @dataclass(frozen=True)
 class GateDecision:
-    """The verdict, with one reason per check that failed (or why it passed)."""
+    """The verdict, with one reason per check (every number it rests on), and the statistics.
+
+    `policy` is one of POLICIES. `manual` is True when the checks passed but `gate.first_run`
+    leaves the promotion to a person (then `passed` is True too, and no alias moves on its own).
+    `stats` maps each gated metric to candidate, champion, delta_points, ci_low_points,
+    ci_high_points, margin and passed (None where nothing was compared: no champion, or too few
+    rows for an interval); `mcnemar` holds b (rows only the candidate gets right), c
+    (rows only the champion gets right) and p_value; `slices` one entry per slice.
+    """
 
     passed: bool
     reasons: list[str] = field(default_factory=list)
     metric: str = "macro_f1"
     candidate: float = 0.0
     champion: float | None = None
+    manual: bool = False
+    policy: str = "compared"
+    stats: dict = field(default_factory=dict)
+    mcnemar: dict | None = None
+    slices: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         """Return a JSON-serializable form."""
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "GateDecision":
+        """Rebuild from `to_dict` output, including decisions written before the policy fields.
+
+        Raises:
+            TypeError: when `raw` lacks `passed` or holds an unknown key.
+        """
+        unknown = sorted(set(raw) - {f.name for f in fields(cls)})
+        if unknown:
+            raise TypeError(f"unknown gate decision keys {unknown}")
+        values = dict(raw)
+        values.setdefault("policy", "first_run" if raw.get("champion") is None else "compared")
+        return cls(**values)
 
 
 def _floors(candidate: EvalReport, cfg: GateConfig) -> list[str]:
@@ -49,26 +99,132 @@ def _degenerate(candidate: EvalReport) -> list[str]:
     return failures
 
 
+def _cleared(candidate: EvalReport, cfg: GateConfig) -> str:
+    """The floor checks a candidate cleared, with its numbers."""
+    text = (f"accuracy {candidate.accuracy:.4f} >= gate.min_accuracy={cfg.min_accuracy}, "
+            f"macro-F1 {candidate.macro_f1:.4f} >= gate.min_macro_f1={cfg.min_macro_f1}")
+    if cfg.reject_degenerate:
+        text += f", above the majority-class baseline {candidate.majority_baseline_macro_f1:.4f}"
+    return text
+
+
+def _points(delta: float) -> float:
+    # Round off float noise (0.80 - 0.79 gives 1.0000000000000009 points) so a drop of exactly the
+    # margin passes; metrics are count ratios, so 1e-6 points is below any real change.
+    return round(delta, 6) + 0.0  # + 0.0 turns -0.0 into 0.0, so nothing prints "-0.00"
+
+
+def _uncompared(candidate: EvalReport, champion: EvalReport | None, cfg: GateConfig) -> dict:
+    """Per-metric stats when no interval is computed: the scores, and the point delta when there is a champion."""
+    stats = {}
+    for m in cfg.metrics:
+        theirs = None if champion is None else getattr(champion, m)
+        delta = None if theirs is None else _points(100 * (getattr(candidate, m) - theirs))
+        stats[m] = {"candidate": getattr(candidate, m), "champion": theirs, "delta_points": delta,
+                    "ci_low_points": None, "ci_high_points": None, "margin": cfg.margin, "passed": None}
+    return stats
+
+
+def _compare(
+    candidate: EvalReport, champion: EvalReport, cfg: GateConfig,
+) -> tuple[dict, dict, list[dict], list[str], list[str]]:
+    """Judge the paired comparison; return stats, McNemar, slices, all reasons and the failing ones."""
+    found = evaluation.compare(candidate, champion, cfg.bootstrap_draws, cfg.seed)
+    stats, reasons, failures = {}, [], []
+    for m in cfg.metrics:
+        ours, theirs = getattr(candidate, m), getattr(champion, m)
+        low, high = (_points(x) for x in found.intervals[m])
+        ok = low >= -cfg.margin
+        stats[m] = {"candidate": ours, "champion": theirs, "delta_points": _points(100 * (ours - theirs)),
+                    "ci_low_points": low, "ci_high_points": high, "margin": cfg.margin, "passed": ok}
+        line = (f"{m} {ours:.4f} vs champion {theirs:.4f}: {stats[m]['delta_points']:+.2f} points, "
+                f"95% CI [{low:+.2f}, {high:+.2f}]; ")
+        line += (f"lower bound within gate.margin={cfg.margin} points: non-inferior" if ok else
+                 f"lower bound {low:+.2f} regresses more than gate.margin={cfg.margin} points: "
+                 "not shown to be non-inferior")
+        reasons.append(line)
+        failures += [] if ok else [line]
+    test = {"b": found.b, "c": found.c, "p_value": found.p_value}
+    reasons.append(f"McNemar b={found.b} c={found.c} p={found.p_value:.3g} (b: rows only the candidate gets right, "
+                   "c: rows only the champion gets right; reported, not gated)")
+    slices, slice_reasons, slice_failures = _slices(found.slices, cfg)
+    return stats, test, slices, reasons + slice_reasons, failures + slice_failures
+
+
+def _slices(found: dict, cfg: GateConfig) -> tuple[list[dict], list[str], list[str]]:
+    """Judge each slice's point-estimate deltas (`Comparison.slices`); return entries, reasons, failing reasons."""
+    entries, reasons, failures = [], [], []
+    for name, (rows, pairs) in found.items():
+        scores = {m: {"candidate": pairs[m][0], "champion": pairs[m][1],
+                      "delta_points": _points(100 * (pairs[m][0] - pairs[m][1]))} for m in cfg.metrics}
+        worst = min(cfg.metrics, key=lambda m: scores[m]["delta_points"])
+        gated = rows >= cfg.min_slice_rows
+        ok = not gated or scores[worst]["delta_points"] >= -cfg.margin
+        entries.append({"slice": name, "rows": rows, "gated": gated, "passed": ok, "metric": worst,
+                        "delta_points": scores[worst]["delta_points"], "metrics": scores})
+        line = f"slice {name!r} ({rows} rows): " + ", ".join(
+            f"{m} {s['candidate']:.4f} vs {s['champion']:.4f} ({s['delta_points']:+.2f} points)"
+            for m, s in scores.items())
+        if not gated:
+            line += f"; fewer than gate.min_slice_rows={cfg.min_slice_rows} rows: reported, not gated"
+        elif ok:
+            line += f"; no drop past gate.margin={cfg.margin} points"
+        else:
+            line += f"; {worst} regresses more than gate.margin={cfg.margin} points"
+            failures.append(line)
+        reasons.append(line)
+    return entries, reasons, failures
+
+
+def _without_comparison(
+    candidate: EvalReport, champion: EvalReport | None, cfg: GateConfig, failures: list[str],
+) -> GateDecision:
+    """Decide a first run, or a run whose champion knows other labels: floors, then gate.first_run."""
+    value = getattr(candidate, cfg.metric)
+    if champion is None:
+        policy, why, baseline = "first_run", "no champion yet", None
+    else:
+        policy, baseline = "reset_baseline", getattr(champion, cfg.metric)
+        why = (f"champion's label set {sorted(champion.model_labels)} differs from the candidate's "
+               f"{sorted(candidate.model_labels)}: the scores do not compare, so this run resets the baseline")
+    manual = cfg.first_run == "require_manual" and not failures
+    if manual:
+        verdict = f"{why}; gate.first_run=require_manual: it clears the floors ({_cleared(candidate, cfg)}), {MANUAL}"
+    else:
+        verdict = f"{why}: passes on the floors alone ({_cleared(candidate, cfg)})"
+    return GateDecision(
+        passed=not failures, reasons=failures or [verdict], metric=cfg.metric, candidate=value,
+        champion=baseline, manual=manual, policy=policy, stats=_uncompared(candidate, champion, cfg),
+    )
+
+
 def decide(candidate: EvalReport, champion: EvalReport | None, cfg: GateConfig) -> GateDecision:
     """Decide whether the candidate may replace the champion.
 
     Args:
-        candidate: the new adapter's scores on the held-out rows.
+        candidate: the new adapter's scores on the held-out rows, with its per-row results.
         champion: the serving adapter's scores on the same rows, or None when nothing serves yet.
         cfg: the gate section.
+
+    Returns:
+        The decision: `passed` is False for a rejection and for a refusal to decide (too few rows);
+        a candidate left to a person is `passed` and `manual`.
+
+    Raises:
+        DataError: when a comparison is due but the reports lack per-row results or cover different rows.
     """
-    value = getattr(candidate, cfg.metric)
     failures = _floors(candidate, cfg) + (_degenerate(candidate) if cfg.reject_degenerate else [])
-    if champion is None:
-        baseline, verdict = None, "no champion yet: passes on the floors alone"
-    else:
-        baseline = getattr(champion, cfg.metric)
-        # Round off float noise (0.80 - 0.79 gives 1.0000000000000009 points) so a drop of exactly
-        # max_regression passes; metrics are count ratios, so 1e-6 points is below any real change.
-        drop = round(100 * (baseline - value), 6)
-        verdict = f"{cfg.metric} {value:.4f} vs champion {baseline:.4f} ({0.0 - drop:+.2f} points)"  # 0.0 - x, not -x: no "-0.00"
-        if drop > cfg.max_regression:
-            failures.append(f"{verdict} regresses more than gate.max_regression={cfg.max_regression} points")
+    if champion is None or set(champion.model_labels) != set(candidate.model_labels):
+        return _without_comparison(candidate, champion, cfg, failures)
+    value, baseline = getattr(candidate, cfg.metric), getattr(champion, cfg.metric)
+    if candidate.rows < cfg.min_rows:
+        refusal = (f"held-out set has {candidate.rows} rows, fewer than gate.min_rows={cfg.min_rows}: too few to tell "
+                   f"the candidate ({cfg.metric} {value:.4f}) from the champion ({baseline:.4f}), so the gate refuses "
+                   "to decide; add held-out rows or lower gate.min_rows")
+        return GateDecision(passed=False, reasons=failures + [refusal], metric=cfg.metric, candidate=value,
+                            champion=baseline, policy="too_few_rows", stats=_uncompared(candidate, champion, cfg))
+    stats, test, slices, reasons, failed = _compare(candidate, champion, cfg)
     return GateDecision(
-        passed=not failures, reasons=failures or [verdict], metric=cfg.metric, candidate=value, champion=baseline,
+        passed=not failures and not failed, reasons=failures + reasons, metric=cfg.metric, candidate=value,
+        champion=baseline, policy="compared", stats=stats, mcnemar=test, slices=slices,
     )

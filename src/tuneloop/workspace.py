@@ -37,7 +37,7 @@ method:
   r: 8
   alpha: 16                   # update scale alpha / r = 2.0
 gate:
-  max_regression: 1.0         # a candidate may trail the champion by at most 1 macro-F1 point
+  margin: 1.0                 # lower end of the 95% CI of candidate - champion >= -1 point
 registry:
   tracking_uri: sqlite:///mlflow.db
   model_name: tuneloop-classifier

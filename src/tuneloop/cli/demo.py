@@ -33,7 +33,7 @@ train:
   batch_size: 8
   learning_rate: 0.003
 gate:
-  max_regression: 1.0       # the candidate may trail the champion by at most 1 macro-F1 point
+  margin: 1.0               # lower end of the 95% CI of candidate - champion >= -1 point
 registry:
   model_name: demo-ticket-router
 """
