@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 
 ADAPTER_META = "tuneloop_adapter.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+# Suffixes of pickle-based formats (torch.save, pickle, joblib, Lightning checkpoints): never loaded.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+_MAX_SAFETENSORS_HEADER = 100_000_000  # the safetensors library's own cap on header bytes
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json",
                     "merges.txt", "vocab.json", "spiece.model", "tokenizer.model")
 
@@ -265,35 +268,133 @@ def save_adapter(model: Any, folder: Path, meta: AdapterMeta) -> int:
     return sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
 
 
+def check_adapter_files(folder: Path) -> None:
+    """Refuse an adapter folder that holds a pickle, before any of its files is deserialized.
+
+    A pickle (torch.save, joblib, Lightning checkpoints) can run code when it is loaded, and peft
+    0.21 loads `adapter_model.bin` with torch.load whenever `adapter_model.safetensors` is absent.
+    Safetensors files are checked by their header (8-byte little-endian length, JSON, offsets that
+    fit the file), so a file that only carries the suffix is refused too.
+
+    Raises:
+        RegistryError: naming the first offending file and the fix.
+    """
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        if path.suffix.lower() in PICKLE_SUFFIXES:
+            raise RegistryError(
+                f"adapter file {path} is a pickle ({path.suffix} files can run code when loaded) and is refused; "
+                "re-register the adapter from safetensors weights"
+            )
+        if path.suffix.lower() == ".safetensors":
+            problem = _safetensors_problem(path)
+            if problem:
+                raise RegistryError(
+                    f"adapter file {path} is not a valid safetensors file ({problem}); "
+                    "re-register the adapter from safetensors weights"
+                )
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """What is wrong with a safetensors file's header, or None; reads the header only."""
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+        if len(head) < 8:
+            return f"{size} bytes, shorter than the 8-byte header length"
+        length = int.from_bytes(head, "little")
+        if length > size - 8:
+            return f"header length {length} does not fit the file's {size} bytes"
+        if length > _MAX_SAFETENSORS_HEADER:
+            return f"header length {length} is over the format's {_MAX_SAFETENSORS_HEADER}-byte limit"
+        raw = handle.read(length)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return "its header is not JSON"
+    if not isinstance(header, dict):
+        return "its header is not a JSON object"
+    data = size - 8 - length
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)
+                and 0 <= offsets[0] <= offsets[1] <= data):
+            return f"tensor {name!r} has data offsets {offsets} outside the file's {data} data bytes"
+    return None
+
+
 def read_adapter_meta(folder: Path) -> AdapterMeta:
     """Read an adapter folder's metadata.
 
     Raises:
-        RegistryError: when the folder is not a tuneloop adapter (or holds pickled weights only).
+        RegistryError: when the folder is not a tuneloop adapter (or holds pickled weights only), or
+            its metadata file is unreadable.
     """
     if not (folder / ADAPTER_META).is_file() or not (folder / ADAPTER_WEIGHTS).is_file():
         raise RegistryError(f"{folder} is not a tuneloop adapter (needs {ADAPTER_META} and {ADAPTER_WEIGHTS})")
-    return AdapterMeta(**json.loads((folder / ADAPTER_META).read_text()))
+    try:
+        return AdapterMeta(**json.loads((folder / ADAPTER_META).read_text()))
+    except (ValueError, TypeError) as exc:  # not JSON, or keys that are not AdapterMeta's
+        raise RegistryError(
+            f"{folder / ADAPTER_META} is not tuneloop adapter metadata ({type(exc).__name__}: {exc}); "
+            "re-register the adapter from the folder training wrote"
+        ) from None
 
 
-def load_adapter(folder: Path, device: str) -> tuple[Any, Any, AdapterMeta]:
-    """Load an adapter onto its base model for inference; return (model, tokenizer, meta).
+def check_contract(folder: Path, meta: AdapterMeta, base: str | None = None) -> Path:
+    """Check that an adapter's recorded base and tokenizer hashes match a base model here; return its folder.
+
+    Args:
+        folder: the adapter folder (for messages).
+        meta: its metadata.
+        base: model.base as the config gives it; None checks the base the adapter names itself.
 
     Raises:
-        RegistryError: when the base model here differs from the one the adapter was trained on.
+        RegistryError: naming the recorded and the actual hashes (12 hex characters) and the fix.
+        TrainingError: when the base model is not on this machine.
     """
-    from peft import PeftModel
-
-    meta = read_adapter_meta(folder)
-    base = resolve_base(meta.base_model)
-    base_sha, _ = fingerprint(base)
-    if base_sha != meta.base_sha256:
+    base_dir = resolve_base(base if base is not None else meta.base_model)
+    base_sha, tokenizer_sha = fingerprint(base_dir)
+    wrong = [f"{what} hash {actual[:12]} here but {recorded[:12]} at training"
+             for what, actual, recorded in (("base weights", base_sha, meta.base_sha256),
+                                            ("tokenizer", tokenizer_sha, meta.tokenizer_sha256))
+             if actual != recorded]
+    if not wrong:
+        return base_dir
+    if base is None:
         raise RegistryError(
-            f"adapter {folder.name} was trained on {meta.base_model} with hash {meta.base_sha256[:12]}, "
-            f"but that base here hashes to {base_sha[:12]}; install the original base model"
+            f"adapter {folder} was trained on {meta.base_model}, which differs here ({' and '.join(wrong)}); "
+            "install the original base model, or retrain the adapter"
         )
+    raise RegistryError(
+        f"adapter {folder} does not fit model.base {base!r} ({' and '.join(wrong)}); use the base it was trained on "
+        f"({meta.base_model}) as model.base in the config, or retrain the adapter on {base!r}"
+    )
+
+
+def load_adapter(folder: Path, device: str, base: str | None = None) -> tuple[Any, Any, AdapterMeta]:
+    """Load an adapter onto its base model for inference; return (model, tokenizer, meta).
+
+    Args:
+        folder: the adapter folder.
+        device: torch device string.
+        base: model.base as the config gives it; None loads the base the adapter names itself.
+
+    Raises:
+        RegistryError: when the folder holds a pickle or a broken safetensors file, or its base or
+            tokenizer hash differs from the base model's here.
+        TrainingError: when the base model is not on this machine.
+    """
+    check_adapter_files(folder)
+    meta = read_adapter_meta(folder)
+    base_dir = check_contract(folder, meta, base)
+    from peft import PeftModel  # after the checks: a refused adapter costs no peft import (~3 s)
     quant = QuantizationConfig(**meta.quantization)
-    model = load_classifier(base, meta.labels, quant, device)
+    model = load_classifier(base_dir, meta.labels, quant, device)
+    # peft reads adapter_model.safetensors whenever it exists (read_adapter_meta demands it) and only
+    # otherwise torch.loads adapter_model.bin; its use_safetensors argument guards disk offload only
+    # (peft 0.21.2, load_peft_weights), so check_adapter_files above is what keeps pickles out.
     model = PeftModel.from_pretrained(model, str(folder), is_trainable=False)
     model.eval()
-    return model, load_tokenizer(base), meta
+    return model, load_tokenizer(base_dir), meta
