@@ -1,16 +1,22 @@
-"""Component: the gate decision, as a boolean to branch on plus a JSON file with its reasons."""
+"""Component: the gate decision, as a boolean to branch on, a JSON file with its reasons, and the
+promotion dossier as an HTML artifact (shown in the KFP UI) with its markdown twin."""
 
 from kfp import dsl
-from kfp.dsl import Artifact, Input, Output
+from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Output
 
 from tuneloop.components import IMAGE
 
 
 # A single bool output on purpose: kfp.local 2.17 cannot branch on a NamedTuple field.
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def gate_candidate(config: str, scores: Input[Artifact], decision: Output[Artifact]) -> bool:
-    """Decide; write the GateDecision to `decision` as JSON; return whether it passed."""
+def gate_candidate(
+    config: str, snapshot: Input[Dataset], scores: Input[Artifact], decision: Output[Artifact],
+    dossier: Output[HTML], dossier_md: Output[Markdown],
+) -> bool:
+    """Decide; write the GateDecision to `decision` as JSON and the dossier; return whether it passed."""
     import json
+    import shutil
+    import tempfile
     from pathlib import Path
 
     from tuneloop.config import config_from_json
@@ -18,7 +24,10 @@ def gate_candidate(config: str, scores: Input[Artifact], decision: Output[Artifa
     from tuneloop.progress import start_step
 
     start_step()
-    verdict = gate_step(config_from_json(config), Evaluation.from_dict(json.loads(Path(scores.path).read_text())))
+    with tempfile.TemporaryDirectory() as folder:
+        verdict = gate_step(config_from_json(config), Evaluation.load(Path(scores.path)), Path(snapshot.path), Path(folder))
+        shutil.copyfile(Path(folder) / "dossier.html", dossier.path)
+        shutil.copyfile(Path(folder) / "dossier.md", dossier_md.path)
     Path(decision.path).write_text(json.dumps(verdict.to_dict()))
     decision.metadata.update(passed=verdict.passed, reasons=verdict.reasons)
     return verdict.passed

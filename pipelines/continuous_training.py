@@ -27,10 +27,11 @@ def continuous_training(config: str, data_rev: str = "HEAD") -> str:
     trained = train_adapter(config=config, snapshot=validated.outputs["snapshot"])
     trained.set_cpu_request(TRAIN_CPU).set_memory_request(TRAIN_MEMORY)
     scored = evaluate_candidate(config=config, snapshot=validated.outputs["snapshot"], trained=trained.outputs["trained"])
-    gated = gate_candidate(config=config, scores=scored.outputs["scores"])
+    gated = gate_candidate(config=config, snapshot=validated.outputs["snapshot"], scores=scored.outputs["scores"])
     evidence = dict(
         config=config, run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, snapshot=validated.outputs["snapshot"],
         trained=trained.outputs["trained"], scores=scored.outputs["scores"], decision=gated.outputs["decision"],
+        dossier=gated.outputs["dossier"], dossier_md=gated.outputs["dossier_md"],
     )
     with dsl.If(gated.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 (a KFP condition, not Python)
         promoted = promote_candidate(**evidence)

@@ -38,7 +38,7 @@ def tiny_config_text(model_dir: Path, **sections: str) -> str:
         "data:\n  path: data/tickets.csv\n"
         f"model:\n  base: {model_dir}\n  max_length: 32\n"
         "train:\n  epochs: 1\n  batch_size: 16\n  learning_rate: 0.01\n  log_every: 5\n"
-        "gate:\n  min_accuracy: 0.0\n  min_macro_f1: 0.0\n  reject_degenerate: false\n"
+        "gate:\n  min_accuracy: 0.0\n  min_macro_f1: 0.0\n  reject_degenerate: false\n  min_rows: 10\n"
         "registry:\n  model_name: test-model\n"
     )
     for extra in sections.values():

@@ -42,7 +42,7 @@ def test_first_run_becomes_champion_with_the_registry_contract(trained):
     state = registry_state(trained)
     (version,) = state["versions"]
     assert version["aliases"] == ["champion"] and version["gate"] == "passed"
-    assert [(move["from"], move["to"]) for move in state["audit"]] == [(None, "1")]
+    assert [(move["from"], move["to"]) for move in state["history"]] == [(None, "1")]
     table = cli("registry", "status", "--config", str(trained))
     assert "champion" in table.stdout and "VERSION" in table.stdout
     assert json.loads(cli("registry", "status", "--json", "--config", str(trained)).stdout) == state
@@ -91,7 +91,7 @@ def test_a_rejected_candidate_is_registered_but_never_promoted(trained, tmp_path
     newest = after["versions"][0]
     assert newest["gate"] == "rejected" and newest["aliases"] == []
     assert [v for v in after["versions"] if "champion" in v["aliases"]] == [v for v in before["versions"] if "champion" in v["aliases"]]
-    assert after["audit"] == before["audit"]
+    assert after["history"] == before["history"]
 
 
 def test_config_commands(tmp_path):

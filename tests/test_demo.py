@@ -29,4 +29,4 @@ def test_demo_promotes_v1_and_rejects_the_noisy_candidate(tmp_path):
     assert by_version["3"]["aliases"] == [] and "regresses more than" in by_version["3"]["reasons"]
     champion = [row["version"] for row in state["versions"] if "champion" in row["aliases"]]
     assert champion == (["2"] if by_version["2"]["gate"] == "passed" else ["1"])
-    assert state["audit"][0]["to"] == "1"
+    assert state["history"][0]["to"] == "1"

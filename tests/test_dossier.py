@@ -268,3 +268,32 @@ def test_reports_without_row_predictions_say_so():
     del raw["candidate"]["predictions"]
     fixed = next(p for p in dossier.sections(raw) if p.key == "fixed")
     assert fixed.blocks == [("p", "Row-level predictions were not recorded, so flipped examples cannot be shown.")]
+
+
+def _gated(both: int, only_candidate: int, only_champion: int, neither: int) -> dict:
+    """Evidence as the cycle builds it, from a real gate decision over constructed predictions."""
+    from tests.test_gate import reports
+    from tuneloop.config import GateConfig
+    from tuneloop.gate import decide
+
+    candidate, champion = reports(both, only_candidate, only_champion, neither)
+    return {"model": "m", "candidate_version": None, "champion_version": "1", "run": "r", "created": "2026-12-01T00:00:00",
+            "decision": decide(candidate, champion, GateConfig()).to_dict(), "candidate": candidate.to_dict(),
+            "champion": champion.to_dict(), "texts": [f"row {i}" for i in range(candidate.rows)],
+            "data_diff": None, "config_diff": []}
+
+
+def test_a_lead_by_chance_is_rejected_and_the_dossier_says_why(tmp_path):
+    html, markdown = dossier.write(tmp_path, _gated(140, 22, 18, 20))  # 0.81 vs 0.79 on 200 rows
+    page, twin = html.read_text(), markdown.read_text()
+    why = ("accuracy 0.8100 vs champion 0.7900: +2.00 points, 95% CI [-4.00, +8.00]; lower bound -4.00 regresses "
+           "more than gate.margin=1.0 points: not shown to be non-inferior")
+    assert "REJECTED" in section(page, "verdict")
+    assert why in page
+    assert why.replace("[", "\\[").replace("]", "\\]") in twin  # markdown escapes the brackets
+    assert "PROMOTED" not in page
+
+
+def test_a_clearly_better_candidate_is_promoted_in_the_dossier(tmp_path):
+    html, _ = dossier.write(tmp_path, _gated(270, 110, 10, 10))  # 0.95 vs 0.70 on 400 rows
+    assert "PROMOTED" in section(html.read_text(), "verdict")

@@ -35,7 +35,7 @@ def test_steps_and_their_edges(ir):
     assert after["validate-data"] == set()
     assert after["train-adapter"] == {"validate-data"}
     assert after["evaluate-candidate"] == {"validate-data", "train-adapter"}
-    assert after["gate-candidate"] == {"evaluate-candidate"}
+    assert after["gate-candidate"] == {"validate-data", "evaluate-candidate"}  # the dossier reads the snapshot
     assert "gate-candidate" in after["condition-branches-1"]
 
 
@@ -52,7 +52,8 @@ def test_promotion_happens_only_in_the_branch_the_gate_passes(ir):
 def test_both_branches_receive_the_same_evidence(ir):
     tasks = branch_tasks(ir)
     promote, reject = (tasks[name]["inputs"] for name in ("promote-candidate", "reject-candidate"))
-    assert set(promote["artifacts"]) == set(reject["artifacts"]) == {"snapshot", "trained", "scores", "decision"}
+    assert set(promote["artifacts"]) == set(reject["artifacts"]) == {
+        "snapshot", "trained", "scores", "decision", "dossier", "dossier_md"}
     assert set(promote["parameters"]) == set(reject["parameters"]) == {"config", "run_name"}
 
 
@@ -123,3 +124,9 @@ def test_a_failing_step_surfaces_as_its_own_one_line_error(tmp_path, tickets_csv
                                         r"\(step validate-data; log: .*\.log\)$"):
         LocalLauncher(cfg.runtime.pipeline_root).run(cfg, rev)
     assert list((config.parent / "runs").glob("ct-*.log")), "the full step output is kept in a log file"
+
+
+def test_the_gate_step_publishes_the_dossier_as_html_for_the_kfp_ui(ir):
+    outputs = ir["components"]["comp-gate-candidate"]["outputDefinitions"]["artifacts"]
+    assert {name: spec["artifactType"]["schemaTitle"] for name, spec in outputs.items()} == {
+        "decision": "system.Artifact", "dossier": "system.HTML", "dossier_md": "system.Markdown"}

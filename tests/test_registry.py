@@ -6,8 +6,10 @@ migrated store and each test starts from a copy of that file.
 
 from __future__ import annotations
 
+import getpass
 import json
 import shutil
+import socket
 from pathlib import Path
 
 import pytest
@@ -48,15 +50,25 @@ def adapter(tmp_path) -> Path:
     return folder
 
 
-def candidate(adapter: Path, passed: bool = True, macro_f1: float = 0.8, reason: str = "") -> registry.Candidate:
+def record(passed: bool = True, reason: str = "", base_sha256: str = "b" * 64) -> registry.VersionRecord:
+    """A version record as the cycle builds one (values made up; the registry does not read the adapter)."""
+    return registry.VersionRecord(
+        base_model="tiny-bert", base_sha256=base_sha256, tokenizer_sha256="t" * 64, task="classification",
+        labels=LABELS, method="lora", method_config={"r": 8}, quantization={"bits": None}, libraries={"peft": "0.0"},
+        data_repo="/data", data_rev="0123abcd", data_path="data/tickets.csv", data_sha256={"data/tickets.csv": "d" * 64},
+        config_sha256="c" * 64, pipeline_run="run", metrics={"macro_f1": 0.8},
+        gate="passed" if passed else "rejected",
+        gate_reasons=[reason or ("all checks passed" if passed else "macro_f1 0.30 below the floor 0.50")],
+        champion_version=None,
+    )
+
+
+def candidate(adapter: Path, passed: bool = True, macro_f1: float = 0.8, reason: str = "", **fields) -> registry.Candidate:
     return registry.Candidate(
-        adapter_dir=adapter,
+        adapter_dir=adapter, record=record(passed, reason, **fields),
         params={"method": "lora", "r": 8, "labels": LABELS},
         metrics={"accuracy": macro_f1 + 0.05, "macro_f1": macro_f1},
-        tags={"tuneloop.labels": json.dumps(LABELS), "tuneloop.data_rev": "0123abcd", "tuneloop.method": "lora"},
         reports={"gate": {"passed": passed}},
-        passed=passed,
-        reason=reason or ("all checks passed" if passed else "macro_f1 0.30 below the floor 0.50"),
     )
 
 
@@ -125,7 +137,7 @@ def test_promoting_a_rejected_version_fails(cfg, adapter):
     with pytest.raises(RegistryError, match=message):
         registry.promote(cfg, "2", "1", why="forced", by="mallory")
     assert champion_of(cfg) == "1"
-    assert len(registry.status(cfg)["audit"]) == 1
+    assert len(registry.status(cfg)["history"]) == 1
 
 
 def test_promote_with_a_stale_expected_champion_fails(cfg, adapter):
@@ -135,27 +147,27 @@ def test_promote_with_a_stale_expected_champion_fails(cfg, adapter):
     # version 3 was gated against version 1, but version 2 was promoted meanwhile
     registry.promote(cfg, "2", "1", why="second", by="bob")
     message = (
-        r"^champion moved from 1 to 2 while version 3 was being gated; "
-        r"run the pipeline again to gate against the new champion$"
+        r"^champion is version 2, not 1 as expected for moving it to 3; nothing was moved "
+        r"\(look at `tuneloop registry history`, then decide again\)$"
     )
     with pytest.raises(RegistryError, match=message):
         registry.promote(cfg, "3", "1", why="third", by="carol")
     assert champion_of(cfg) == "2"
-    assert [event["to"] for event in registry.status(cfg)["audit"]] == ["1", "2"]
+    assert [event["to"] for event in registry.status(cfg)["history"]] == ["1", "2"]
 
 
 def test_promote_expecting_no_champion_when_there_is_one(cfg, adapter):
     registry.register(cfg, candidate(adapter), "run-1")
     registry.register(cfg, candidate(adapter), "run-2")
     registry.promote(cfg, "1", None, why="first", by="alice")
-    with pytest.raises(RegistryError, match=r"^champion moved from none to 1 while version 2 was being gated"):
+    with pytest.raises(RegistryError, match=r"^champion is version 1, not unset as expected for moving it to 2; nothing was moved"):
         registry.promote(cfg, "2", None, why="second", by="bob")
     assert champion_of(cfg) == "1"
 
 
 def test_promote_an_unknown_version(cfg, adapter):
     registry.register(cfg, candidate(adapter), "run-1")
-    with pytest.raises(RegistryError, match=r"^registry at sqlite:///.* failed: .*version=9.* not found"):
+    with pytest.raises(RegistryError, match=r"^test-model has no version 9; `tuneloop registry status` lists the versions$"):
         registry.promote(cfg, "9", None, why="typo", by="alice")
 
 
@@ -173,26 +185,27 @@ def test_status_lists_versions_newest_first_and_the_audit_trail(cfg, adapter):
     ]
     assert [r["macro_f1"] for r in status["versions"]] == [0.9, 0.3, 0.7]
     assert {(r["data_rev"], r["method"]) for r in status["versions"]} == {("0123abcd", "lora")}
-    moves = [{k: e[k] for k in ("alias", "from", "to", "by", "why")} for e in status["audit"]]
+    moves = [{k: e[k] for k in ("alias", "from", "to", "actor", "reason", "kind", "status")} for e in status["history"]]
     assert moves == [
-        {"alias": "champion", "from": None, "to": "1", "by": "alice", "why": "first model"},
-        {"alias": "champion", "from": "1", "to": "3", "by": "bob", "why": "macro_f1 0.90 vs 0.70"},
+        {"alias": "champion", "from": None, "to": "1", "actor": "alice", "reason": "first model", "kind": "promote", "status": "done"},
+        {"alias": "champion", "from": "1", "to": "3", "actor": "bob", "reason": "macro_f1 0.90 vs 0.70", "kind": "promote",
+         "status": "done"},
     ]
-    assert all(e["at"].endswith("+00:00") for e in status["audit"])
+    assert all(e["at"].endswith("+00:00") for e in status["history"])
 
 
 def test_audit_names_the_local_user_when_by_is_empty(cfg, adapter):
     registry.register(cfg, candidate(adapter), "run-1")
     registry.promote(cfg, "1", None, why="first", by="")
-    [event] = registry.status(cfg)["audit"]
-    assert "@" in event["by"]
+    [event] = registry.status(cfg)["history"]
+    assert event["actor"] == f"{getpass.getuser()}@{socket.gethostname()}"
 
 
 def test_a_brand_new_store_is_read_without_being_created(tmp_path):
     cfg = RegistryConfig(tracking_uri=f"sqlite:///{tmp_path}/new/mlflow.db", artifact_root=str(tmp_path / "art"))
     assert registry.champion_labels(cfg) is None
     assert registry.fetch_champion(cfg, tmp_path / "dest") is None
-    assert registry.status(cfg) == {"model": "tuneloop-classifier", "versions": [], "audit": []}
+    assert registry.status(cfg) == {"model": "tuneloop-classifier", "versions": [], "history": []}
     assert not (tmp_path / "new").exists()
     assert not (tmp_path / "dest").exists()
     assert not (tmp_path / "art").exists()

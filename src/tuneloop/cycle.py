@@ -7,19 +7,23 @@ JSON files, never live objects, so either driver sees the same inputs.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
-from tuneloop import data, evaluation, gate, preflight, registry, training
+import pandas as pd
+
+from tuneloop import data, dossier, evaluation, gate, preflight, registry, tables, training
 from tuneloop.config import Config
-from tuneloop.errors import DataError
+from tuneloop.errors import DataError, RegistryError
 from tuneloop.evaluation import EvalReport
 from tuneloop.gate import GateDecision
 from tuneloop.modeling import pick_device, read_adapter_meta
-from tuneloop.registry import Candidate, Registered
+from tuneloop.registry import Candidate, Registered, VersionRecord
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +37,9 @@ class Evaluation:
     candidate: EvalReport
     champion: EvalReport | None
     champion_version: str | None
+    # Where the champion came from, for the dossier's data and config diffs: data_repo, data_rev,
+    # data_path, and its run's params.
+    champion_origin: dict | None = None
 
     def to_dict(self) -> dict:
         """Return a JSON-serializable form."""
@@ -41,8 +48,8 @@ class Evaluation:
     @classmethod
     def from_dict(cls, raw: dict) -> "Evaluation":
         """Rebuild from `to_dict` output."""
-        champion = EvalReport(**raw["champion"]) if raw["champion"] else None
-        return cls(EvalReport(**raw["candidate"]), champion, raw["champion_version"])
+        champion = EvalReport.from_dict(raw["champion"]) if raw["champion"] else None
+        return cls(EvalReport.from_dict(raw["candidate"]), champion, raw["champion_version"], raw.get("champion_origin"))
 
     @classmethod
     def load(cls, path: Path) -> "Evaluation":
@@ -95,82 +102,190 @@ def evaluate_step(cfg: Config, snapshot_dir: Path, adapter_dir: Path, work_dir: 
     device = pick_device(cfg.runtime.device)
     candidate = evaluation.evaluate(adapter_dir, held_out, device, cfg.train.eval_batch_size)
     champion = registry.fetch_champion(cfg.registry, work_dir / "champion")
-    champion_report = evaluation.evaluate(champion.adapter_dir, held_out, device, cfg.train.eval_batch_size) if champion else None
-    return Evaluation(candidate, champion_report, champion.version if champion else None)
+    if champion is None:
+        return Evaluation(candidate, None, None)
+    champion_report = evaluation.evaluate(champion.adapter_dir, held_out, device, cfg.train.eval_batch_size)
+    origin = {"data_repo": champion.record.data_repo, "data_rev": champion.record.data_rev,
+              "data_path": champion.record.data_path, "params": champion.params}
+    return Evaluation(candidate, champion_report, champion.version, origin)
 
 
-def gate_step(cfg: Config, scores: Evaluation) -> GateDecision:
-    """Decide on the candidate (a pure function of the scores and the gate section)."""
-    return gate.decide(scores.candidate, scores.champion, cfg.gate)
+def gate_step(cfg: Config, scores: Evaluation, snapshot_dir: Path | None = None, dossier_dir: Path | None = None) -> GateDecision:
+    """Decide on the candidate (a pure function of the scores and the gate section); with a
+    snapshot and a folder, also write the promotion dossier there (dossier.html, dossier.md)."""
+    decision = gate.decide(scores.candidate, scores.champion, cfg.gate)
+    if snapshot_dir is not None and dossier_dir is not None:
+        write_dossier(cfg, scores, decision, snapshot_dir, dossier_dir)
+    return decision
 
 
-def _versions() -> dict[str, str]:
+def _old_rows(cfg: Config, origin: dict | None) -> tuple[pd.DataFrame | None, str | None]:
+    """The champion's training file at its revision, or None when it cannot be read (said in the dossier)."""
+    if not origin or not origin.get("data_rev"):
+        return None, None
+    try:
+        raw, _ = data.read_at(origin["data_repo"], origin["data_rev"], origin["data_path"])
+        return tables.parse_table(raw, origin["data_path"], cfg.data.text_column, cfg.data.label_column), origin["data_rev"]
+    except (DataError, OSError) as exc:
+        log.warning("the dossier has no data diff: the champion's data is unreadable (%s)", exc)
+        return None, origin["data_rev"]
+
+
+def _params(cfg: Config) -> dict[str, object]:
+    return {f"{section}.{key}": value for section in ("model", "method", "quantization", "train", "gate")
+            for key, value in getattr(cfg, section).model_dump(mode="json").items()}
+
+
+def write_dossier(cfg: Config, scores: Evaluation, decision: GateDecision, snapshot_dir: Path, folder: Path) -> tuple[Path, Path]:
+    """Write the promotion dossier for one gate decision; return the HTML and markdown paths."""
+    snapshot, _, held_out = data.load_snapshot(snapshot_dir)
+    new_raw, _ = data.read_at(snapshot.repo, snapshot.rev, snapshot.path)
+    new_rows = tables.parse_table(new_raw, snapshot.path, cfg.data.text_column, cfg.data.label_column)
+    old_rows, old_rev = _old_rows(cfg, scores.champion_origin)
+    diff = dossier.data_diff(old_rows, new_rows) if old_rows is not None else None
+    if diff is not None:
+        diff.update(old_rev=old_rev, new_rev=snapshot.rev)
+    old_params = {key: value for key, value in ((scores.champion_origin or {}).get("params") or {}).items()}
+    new_params = {key: str(value) for key, value in _params(cfg).items()}
+    evidence = {
+        "model": cfg.registry.model_name, "candidate_version": None, "champion_version": scores.champion_version,
+        "run": "", "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "decision": decision.to_dict(), "candidate": scores.candidate.to_dict(),
+        "champion": scores.champion.to_dict() if scores.champion else None, "texts": held_out["text"].tolist(),
+        "data_diff": diff, "config_diff": dossier.config_diff(old_params if scores.champion_origin else None, new_params),
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    return dossier.write(folder, evidence)
+
+
+def _libraries() -> dict[str, str]:
     found = {}
     for name in LIBRARIES:
         try:
-            found[f"{registry.TAG}version.{name}"] = metadata.version(name)
+            found[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
-            found[f"{registry.TAG}version.{name}"] = "absent"
+            found[name] = "absent"
     return found
+
+
+def training_digest(cfg: Config, base_sha256: str) -> str:
+    """A sha256 of what shapes the trained weights: the model (by content, not by path), method,
+    quantization and train sections. Paths and hosts are left out, so it is the same on every machine."""
+    model = {key: value for key, value in cfg.model.model_dump(mode="json").items() if key != "base"}
+    sections = {"model": model, "base_sha256": base_sha256,
+                **{name: getattr(cfg, name).model_dump(mode="json") for name in ("method", "quantization", "train")}}
+    return hashlib.sha256(json.dumps(sections, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _verdict(decision: GateDecision) -> str:
+    if not decision.passed:
+        return "rejected"
+    return "manual" if decision.manual else "passed"
 
 
 def candidate_record(
     cfg: Config, snapshot: data.Snapshot, trained: dict, scores: Evaluation, decision: GateDecision, adapter_dir: Path,
+    run_name: str = "", documents: dict[str, str] | None = None,
 ) -> Candidate:
-    """Assemble the registry contract for one gated candidate: params, metrics, tags, reports."""
+    """Assemble the registry contract for one gated candidate: the version record, run metrics, params, reports."""
     meta = read_adapter_meta(adapter_dir)
-    metrics = {
+    headline = {
         "accuracy": scores.candidate.accuracy, "macro_f1": scores.candidate.macro_f1,
         "accuracy_ci_low": scores.candidate.accuracy_ci[0], "accuracy_ci_high": scores.candidate.accuracy_ci[1],
         "macro_f1_ci_low": scores.candidate.macro_f1_ci[0], "macro_f1_ci_high": scores.candidate.macro_f1_ci[1],
-        "latency_ms": scores.candidate.latency_ms,
+    }
+    if scores.champion:
+        headline.update(champion_accuracy=scores.champion.accuracy, champion_macro_f1=scores.champion.macro_f1)
+    for name, stat in (decision.stats or {}).items():
+        if stat.get("ci_low_points") is not None:
+            headline.update({f"delta_{name}_ci_low_points": stat["ci_low_points"], f"delta_{name}_ci_high_points": stat["ci_high_points"]})
+    metrics = {
+        **headline, "latency_ms": scores.candidate.latency_ms,
         **{f"f1.{label}": value for label, value in scores.candidate.per_class_f1.items()},
         **{key: float(trained[key]) for key in ("trainable_params", "total_params", "peak_memory_mb", "wall_seconds",
                                                 "samples_per_second", "adapter_bytes", "dev_loss", "dev_accuracy")},
     }
-    if scores.champion:
-        metrics.update(champion_accuracy=scores.champion.accuracy, champion_macro_f1=scores.champion.macro_f1)
-    t = registry.TAG
-    tags = {
-        t + "base_model": meta.base_model, t + "base_sha256": meta.base_sha256, t + "tokenizer_sha256": meta.tokenizer_sha256,
-        t + "task": meta.task, t + "method": cfg.method.name, t + "method_config": json.dumps(meta.method),
-        t + "quantization": json.dumps(meta.quantization), t + "labels": json.dumps(meta.labels),
-        t + "data_repo": snapshot.repo, t + "data_rev": snapshot.rev, t + "data_path": snapshot.path,
-        t + "data_sha256": json.dumps(snapshot.sha256), t + "config_sha256": cfg.digest(),
-        t + "champion_version": scores.champion_version or "", **_versions(),
-    }
-    params = {f"{section}.{key}": value for section in ("model", "method", "quantization", "train", "gate")
-              for key, value in getattr(cfg, section).model_dump().items()}
+    record = VersionRecord(
+        base_model=meta.base_model, base_sha256=meta.base_sha256, tokenizer_sha256=meta.tokenizer_sha256, task=meta.task,
+        labels=list(meta.labels), method=cfg.method.name, method_config=meta.method, quantization=meta.quantization,
+        libraries=_libraries(), data_repo=snapshot.repo, data_rev=snapshot.rev, data_path=snapshot.path,
+        data_sha256=snapshot.sha256, config_sha256=training_digest(cfg, meta.base_sha256), pipeline_run=run_name,
+        metrics=headline, gate=_verdict(decision), gate_reasons=list(decision.reasons),
+        champion_version=scores.champion_version,
+    )
+    params = _params(cfg)
     reports = {"evaluation": scores.to_dict(), "gate": decision.to_dict(), "train": trained, "data": snapshot.to_dict()}
-    return Candidate(adapter_dir=adapter_dir, params=params, metrics=metrics, tags=tags, reports=reports,
-                     passed=decision.passed, reason="; ".join(decision.reasons))
+    return Candidate(adapter_dir=adapter_dir, record=record, params=params, metrics=metrics, reports=reports,
+                     documents=documents or {})
 
 
 def register_step(
     cfg: Config, snapshot_dir: Path, train_dir: Path, scores: Evaluation, decision: GateDecision, run_name: str,
+    dossier_files: tuple[Path, Path] | None = None,
 ) -> Registered:
-    """Register the gated candidate, passed or rejected, with all its evidence (no alias moves)."""
+    """Register the gated candidate, passed or rejected, with all its evidence (no alias moves).
+
+    `dossier_files` (HTML, markdown) are logged on the run as dossier/dossier.html and .md.
+    """
     snapshot, _, _ = data.load_snapshot(snapshot_dir)
     trained = json.loads((train_dir / "train.json").read_text())
-    record = candidate_record(cfg, snapshot, trained, scores, decision, train_dir / "adapter")
+    documents = {}
+    if dossier_files is not None:
+        documents = {f"dossier/dossier.{kind}": path.read_text() for kind, path in zip(("html", "md"), dossier_files)}
+    record = candidate_record(cfg, snapshot, trained, scores, decision, train_dir / "adapter", run_name, documents)
     return registry.register(cfg.registry, record, run_name)
 
 
 def promote_step(
     cfg: Config, snapshot_dir: Path, train_dir: Path, scores: Evaluation, decision: GateDecision, run_name: str,
+    dossier_files: tuple[Path, Path] | None = None,
 ) -> Registered:
-    """Register a passed candidate, then make it champion if the champion is still the one it beat."""
-    registered = register_step(cfg, snapshot_dir, train_dir, scores, decision, run_name)
-    registry.promote(cfg.registry, registered.version, scores.champion_version, "; ".join(decision.reasons), run_name)
+    """Register a passed candidate, then make it champion if the champion is still the one it beat.
+
+    A candidate the policy leaves to a person (`gate.first_run: require_manual`), or one whose
+    champion was replaced while it was gated, becomes the challenger instead.
+
+    Raises:
+        RegistryError: when the champion moved meanwhile (the candidate is registered and challenger).
+    """
+    registered = register_step(cfg, snapshot_dir, train_dir, scores, decision, run_name, dossier_files)
+    why = "; ".join(decision.reasons)
+    if decision.manual:
+        registry.make_challenger(cfg.registry, registered.version, why, run_name, run_name)
+        log.warning("version %s passed but needs a manual promotion: tuneloop registry promote %s --reason ...",
+                    registered.version, registered.version)
+        return registered
+    try:
+        registry.promote(cfg.registry, registered.version, scores.champion_version, why, run_name, run_name)
+    except RegistryError:
+        registry.make_challenger(cfg.registry, registered.version, f"not promoted: the champion moved; {why}", run_name, run_name)
+        raise
     return registered
+
+
+def settle_step(promote: bool, config: str, run_name: str, snapshot: str, trained: str, scores: str, decision: str,
+                dossier_html: str, dossier_md: str) -> str:
+    """The body of both gate-branch components (artifact paths as strings); return the outcome as JSON."""
+    from tuneloop.config import config_from_json
+    from tuneloop.progress import start_step
+
+    start_step()
+    verdict = json.loads(Path(decision).read_text())
+    step = promote_step if promote else register_step
+    registered = step(
+        config_from_json(config), Path(snapshot), Path(trained), Evaluation.load(Path(scores)),
+        GateDecision.from_dict(verdict), run_name, (Path(dossier_html), Path(dossier_md)),
+    )
+    return json.dumps({"version": registered.version, "decision": verdict})
 
 
 def run_cycle(cfg: Config, rev: str, work_dir: Path, run_name: str = "in-process") -> tuple[GateDecision, Registered]:
     """Run every step in this process (no orchestrator); return the decision and what was registered."""
-    snapshot_dir, train_dir = work_dir / "snapshot", work_dir / "train"
+    snapshot_dir, train_dir, dossier_dir = work_dir / "snapshot", work_dir / "train", work_dir / "dossier"
     validate_step(cfg, rev, snapshot_dir)
     train_step(cfg, snapshot_dir, train_dir)
     scores = evaluate_step(cfg, snapshot_dir, train_dir / "adapter", work_dir)
-    decision = gate_step(cfg, scores)
+    decision = gate_step(cfg, scores, snapshot_dir, dossier_dir)
+    files = (dossier_dir / "dossier.html", dossier_dir / "dossier.md")
     act = promote_step if decision.passed else register_step
-    return decision, act(cfg, snapshot_dir, train_dir, scores, decision, run_name)
+    return decision, act(cfg, snapshot_dir, train_dir, scores, decision, run_name, files)

@@ -11,11 +11,14 @@ Contract:
   happens later is one `RegistryError` line.
 - `register` is all or nothing: when any step fails or is interrupted, the run, version, model and
   experiment it created are taken back before the error is raised again.
-- The alias moves in `promote`, after the run, artifacts and version tags exist, and only if the
-  champion is still the one the candidate was gated against (checked just before the move; two
-  promoters racing against one shared server are not yet excluded). The audit record, a
-  registered-model tag `tuneloop.audit.<utc time>` holding who, when, from, to and why, is
-  written before the alias, so the alias is the last write and never moves unrecorded.
+- Every version carries one `VersionRecord` (the adapter contract), and a `tuneloop.promotion`
+  state: pending (passed, not yet decided), champion, refused, rolled back, orphaned, or the gate
+  verdict for versions that were not passed.
+- Aliases (`champion`, `challenger`) move only through the ledger (`tuneloop.ledger`): a
+  compare-and-set over claims appended as versions of `<model>.ledger`, which works through the
+  REST API alone and keeps the history ("champion at time T", "last good version") in the registry.
+- Crashes: a claim is written before its alias move, so an alias never moves unrecorded; `repair`
+  (or the next move) settles claims whose process died and marks passed versions left pending.
 """
 
 from __future__ import annotations
@@ -31,20 +34,25 @@ import signal
 import socket
 import sqlite3
 import threading
-from dataclasses import asdict, dataclass
+import time
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from tuneloop import store
+from tuneloop import ledger, store
 from tuneloop.config import RegistryConfig
 from tuneloop.errors import RegistryError
 
 log = logging.getLogger(__name__)
 
-CHAMPION = "champion"
+CHAMPION, CHALLENGER = "champion", "challenger"
 TAG = "tuneloop."
-AUDIT_PREFIX = TAG + "audit."
+LEDGER_SUFFIX = ".ledger"  # the registered model that holds the alias ledger (see tuneloop.ledger)
+# The version's promotion state, the one tag that changes after registration.
+PROMOTION = TAG + "promotion"
+EVIDENCE = TAG + "dossier"
+GATE_VERDICTS = ("passed", "manual", "rejected")  # manual: passed, but the policy needs a person to promote
 
 # MLflow's defaults retry an HTTP call 7 times with backoff 2 and a 120 s timeout: about 4 minutes
 # before an unreachable server is reported. One retry after ~1 s and a 10 s timeout bound a dead
@@ -56,15 +64,6 @@ HTTP_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
 }
-
-
-@dataclass(frozen=True)
-class Champion:
-    """The serving version and where its adapter was downloaded."""
-
-    version: str
-    adapter_dir: Path
-    labels: list[str]
 
 
 @dataclass(frozen=True)
@@ -80,16 +79,103 @@ class Registered:
 
 
 @dataclass(frozen=True)
+class VersionRecord:
+    """The adapter contract: every tag tuneloop writes on a model version, and reads back.
+
+    Built by `cycle.candidate_record`; no other module spells a tag key. `config_sha256` hashes the
+    training-relevant sections only, so the same config gives the same hash on every machine.
+    """
+
+    base_model: str
+    base_sha256: str
+    tokenizer_sha256: str
+    task: str
+    labels: list[str]
+    method: str
+    method_config: dict
+    quantization: dict
+    libraries: dict[str, str]
+    data_repo: str
+    data_rev: str
+    data_path: str
+    data_sha256: dict
+    config_sha256: str
+    pipeline_run: str
+    metrics: dict[str, float]
+    gate: str  # one of GATE_VERDICTS
+    gate_reasons: list[str]
+    champion_version: str | None
+
+    _JSON = ("labels", "method_config", "quantization", "data_sha256", "metrics", "gate_reasons")
+    _REQUIRED = ("base_model", "base_sha256", "tokenizer_sha256", "task", "labels", "method", "gate")
+
+    def tags(self) -> dict[str, str]:
+        """The record as MLflow version tags (each value within MLflow's 5,000-character limit)."""
+        raw = asdict(self)
+        tags = {f"{TAG}version.{name}": value for name, value in raw.pop("libraries").items()}
+        raw["champion_version"] = raw["champion_version"] or ""
+        for key, value in raw.items():
+            text = json.dumps(value) if key in self._JSON else str(value)
+            if len(text) > 5000 and key == "gate_reasons":
+                text = json.dumps([reason[:4000 // max(len(value), 1)] for reason in value])
+            tags[TAG + key] = text
+        return tags
+
+    @classmethod
+    def from_tags(cls, version: str, tags: dict[str, str]) -> "VersionRecord":
+        """Read a version's record back.
+
+        Raises:
+            RegistryError: when the version lacks the contract's tags (it was not registered by tuneloop).
+        """
+        missing = [key for key in cls._REQUIRED if TAG + key not in tags]
+        if missing:
+            raise RegistryError(f"version {version} has no {', '.join(TAG + key for key in missing)} tag; "
+                                "it was not registered by tuneloop, so it cannot be served or promoted")
+        values: dict[str, Any] = {}
+        for name in cls.__dataclass_fields__:
+            if name == "libraries":
+                values[name] = {key[len(TAG + "version."):]: value for key, value in tags.items() if key.startswith(TAG + "version.")}
+                continue
+            text = tags.get(TAG + name, "")
+            if name not in cls._JSON:
+                values[name] = text
+            elif text.startswith(("[", "{")):
+                values[name] = json.loads(text)
+            elif name == "gate_reasons":  # versions registered before reasons were a list: one joined string
+                values[name] = [text] if text else []
+            else:
+                values[name] = {}
+        values["champion_version"] = values["champion_version"] or None
+        return cls(**values)
+
+
+@dataclass(frozen=True)
 class Candidate:
     """Everything the registry stores about one gated candidate."""
 
     adapter_dir: Path
+    record: VersionRecord
     params: dict[str, Any]
     metrics: dict[str, float]
-    tags: dict[str, str]
     reports: dict[str, dict]
-    passed: bool
-    reason: str
+    documents: dict[str, str] = field(default_factory=dict)  # artifact path -> text (the dossier)
+
+    @property
+    def passed(self) -> bool:
+        """Whether the gate let the candidate through (automatically or for a person to promote)."""
+        return self.record.gate != "rejected"
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """A version's adapter, downloaded."""
+
+    version: str
+    adapter_dir: Path
+    labels: list[str]
+    record: VersionRecord
+    params: dict[str, str]  # the run's params: the config it was trained with, as section.key
 
 
 @contextlib.contextmanager
@@ -141,24 +227,33 @@ def _client(cfg: RegistryConfig) -> Any:
     return MlflowClient(tracking_uri=cfg.tracking_uri, registry_uri=cfg.tracking_uri)
 
 
-def _champion_version(client: Any, cfg: RegistryConfig) -> Any | None:
-    """The version behind the champion alias, or None (no such model, or no alias yet)."""
+def _by_name(name: str) -> str:
+    """The search filter for one registered model (the config refuses quotes in model names)."""
+    if any(quote in name for quote in "'\"`"):
+        raise RegistryError(f"registry.model_name {name!r} contains a quote, which MLflow filters cannot hold; rename it")
+    return f"name = '{name}'"
+
+
+def _model_exists(client: Any, name: str) -> bool:
+    return bool(client.search_registered_models(filter_string=_by_name(name)))
+
+
+def _alias_version(client: Any, model: str, alias: str) -> Any | None:
+    """The version behind an alias, or None (no such model, or the alias is not set)."""
     from mlflow.exceptions import MlflowException
 
-    if not client.search_registered_models(filter_string=f"name = '{cfg.model_name}'"):
+    if not _model_exists(client, model):
         return None
     try:
-        return client.get_model_version_by_alias(cfg.model_name, CHAMPION)
+        return client.get_model_version_by_alias(model, alias)
     except MlflowException as exc:
         if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):  # the alias is not set
             return None
         raise
 
 
-def _labels(version: Any) -> list[str]:
-    if TAG + "labels" not in version.tags:
-        raise RegistryError(f"champion version {version.version} has no {TAG}labels tag; it was not registered by tuneloop")
-    return json.loads(version.tags[TAG + "labels"])
+def _record(version: Any) -> VersionRecord:
+    return VersionRecord.from_tags(str(version.version), version.tags)
 
 
 def _reader(cfg: RegistryConfig) -> Any | None:
@@ -170,33 +265,77 @@ def _reader(cfg: RegistryConfig) -> Any | None:
         return _client(cfg)
 
 
+def alias_of(cfg: RegistryConfig, alias: str) -> str | None:
+    """The version number an alias points at, or None (reads only)."""
+    client = _reader(cfg)
+    if client is None:
+        return None
+    with _translated(cfg):
+        version = _alias_version(client, cfg.model_name, alias)
+    return str(version.version) if version else None
+
+
 def champion_labels(cfg: RegistryConfig) -> list[str] | None:
     """Return the serving version's label set, or None when nothing serves (reads only)."""
     client = _reader(cfg)
     if client is None:
         return None
     with _translated(cfg):
-        version = _champion_version(client, cfg)
-    return _labels(version) if version else None
+        version = _alias_version(client, cfg.model_name, CHAMPION)
+    return _record(version).labels if version else None
 
 
-def fetch_champion(cfg: RegistryConfig, dest: Path) -> Champion | None:
+def _resolve(client: Any, cfg: RegistryConfig, ref: str) -> Any:
+    """The version a reference names: an alias, or a version number."""
+    from mlflow.exceptions import MlflowException
+
+    if ref.isdigit():
+        try:
+            return client.get_model_version(cfg.model_name, ref)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+        raise RegistryError(f"{cfg.model_name} has no version {ref}; `tuneloop registry status` lists the versions")
+    if ref not in (CHAMPION, CHALLENGER):
+        raise RegistryError(f"{ref!r} is neither a version number nor an alias; use champion, challenger or a number")
+    version = _alias_version(client, cfg.model_name, ref)
+    if version is None:
+        raise RegistryError(f"{cfg.model_name} has no {ref} yet; run `tuneloop run` (or name a version number)")
+    return version
+
+
+def fetch(cfg: RegistryConfig, ref: str, dest: Path) -> Fetched:
+    """Download the adapter of a version (`ref`: champion, challenger or a number) into `dest` (reads only).
+
+    Raises:
+        RegistryError: when the store is unreadable, the alias is unset, the version does not exist,
+            or it was not registered by tuneloop.
+    """
+    client = _reader(cfg)
+    if client is None:
+        raise RegistryError(f"no registry at {cfg.tracking_uri} yet; run `tuneloop run` first")
+    import mlflow.artifacts
+
+    with _translated(cfg):
+        version = _resolve(client, cfg, ref)
+    record = _record(version)
+    if dest.exists():
+        shutil.rmtree(dest)  # no files left from an earlier version
+    dest.mkdir(parents=True)
+    with _translated(cfg):
+        local = mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=str(dest), tracking_uri=cfg.tracking_uri)
+        params = client.get_run(version.run_id).data.params if version.run_id else {}
+    return Fetched(version=str(version.version), adapter_dir=Path(local), labels=record.labels, record=record, params=params)
+
+
+def fetch_champion(cfg: RegistryConfig, dest: Path) -> Fetched | None:
     """Download the serving adapter into `dest`; None when nothing serves yet (reads only)."""
     client = _reader(cfg)
     if client is None:
         return None
-    import mlflow.artifacts
-
     with _translated(cfg):
-        version = _champion_version(client, cfg)
-    if version is None:
-        return None
-    if dest.exists():
-        shutil.rmtree(dest)  # no files left from an earlier champion
-    dest.mkdir(parents=True)
-    with _translated(cfg):
-        local = mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=str(dest), tracking_uri=cfg.tracking_uri)
-    return Champion(version=str(version.version), adapter_dir=Path(local), labels=_labels(version))
+        serving = _alias_version(client, cfg.model_name, CHAMPION)
+    return fetch(cfg, CHAMPION, dest) if serving is not None else None
 
 
 def latest_version(cfg: RegistryConfig) -> str | None:
@@ -209,9 +348,9 @@ def latest_version(cfg: RegistryConfig) -> str | None:
     if client is None:
         return None
     with _translated(cfg):
-        if not client.search_registered_models(filter_string=f"name = '{cfg.model_name}'"):
+        if not client.search_registered_models(filter_string=_by_name(cfg.model_name)):
             return None
-        versions = client.search_model_versions(f"name = '{cfg.model_name}'")
+        versions = client.search_model_versions(_by_name(cfg.model_name))
     return str(max(int(v.version) for v in versions)) if versions else None
 
 
@@ -240,10 +379,11 @@ def _prepared(candidate: Candidate) -> tuple[list, dict[str, str]]:
     try:
         metrics = [Metric(k, float(v), now, 0) for k, v in candidate.metrics.items()]
         reports = {f"reports/{name}.json": json.dumps(report, indent=2) for name, report in candidate.reports.items()}
+        reports.update(candidate.documents)
     except (TypeError, ValueError) as exc:
         raise RegistryError(f"candidate metrics or reports are not numbers/JSON ({exc}); nothing was registered") from exc
     params = [Param(k, str(v)[:6000]) for k, v in candidate.params.items()]
-    return [metrics, params, [RunTag(k, v) for k, v in candidate.tags.items()]], reports
+    return [metrics, params, [RunTag(k, v) for k, v in candidate.record.tags().items()]], reports
 
 
 def _write(client: Any, cfg: RegistryConfig, candidate: Candidate, run_name: str, written: _Written) -> Any:
@@ -267,11 +407,12 @@ def _write(client: Any, cfg: RegistryConfig, candidate: Candidate, run_name: str
         client.log_text(run_id, text, path)
     client.log_artifacts(run_id, str(candidate.adapter_dir), "adapter")
     client.set_terminated(run_id)
-    if not client.search_registered_models(filter_string=f"name = '{cfg.model_name}'"):
+    if not client.search_registered_models(filter_string=_by_name(cfg.model_name)):
         written.new_model = True
         client.create_registered_model(cfg.model_name, description="tuneloop adapters (PEFT, safetensors)")
-    version_tags = {**candidate.tags, TAG + "gate": "passed" if candidate.passed else "rejected",
-                    TAG + "gate_reasons": candidate.reason[:5000]}
+    version_tags = {**candidate.record.tags(), PROMOTION: "pending" if candidate.record.gate == "passed" else candidate.record.gate}
+    if "dossier/dossier.html" in candidate.documents:
+        version_tags[EVIDENCE] = f"{written.run.info.artifact_uri}/dossier/dossier.html"
     return client.create_model_version(
         cfg.model_name, source=f"{written.run.info.artifact_uri}/adapter", run_id=run_id, tags=version_tags,
     )
@@ -307,7 +448,7 @@ def _delete_run(client: Any, cfg: RegistryConfig, written: _Written) -> None:
 
 def _delete_model(client: Any, cfg: RegistryConfig) -> None:
     name = cfg.model_name
-    if client.search_registered_models(filter_string=f"name = '{name}'") and not client.search_model_versions(f"name = '{name}'"):
+    if client.search_registered_models(filter_string=_by_name(name)) and not client.search_model_versions(_by_name(name)):
         client.delete_registered_model(name)  # also removes the versions deleted above, which MLflow only hides
 
 
@@ -345,7 +486,7 @@ def _undo(client: Any, cfg: RegistryConfig, written: _Written) -> list[str]:
         run_id = written.run.info.run_id
 
         def delete_versions() -> None:
-            for version in client.search_model_versions(f"name = '{cfg.model_name}' and run_id = '{run_id}'"):
+            for version in client.search_model_versions(f"{_by_name(cfg.model_name)} and run_id = '{run_id}'"):
                 client.delete_model_version(cfg.model_name, version.version)
 
         _attempt(left, f"versions of run {run_id}", delete_versions)
@@ -405,66 +546,254 @@ def register(cfg: RegistryConfig, candidate: Candidate, run_name: str) -> Regist
     return Registered(version=str(version.version), run_id=written.run.info.run_id)
 
 
-def promote(cfg: RegistryConfig, version: str, expected_champion: str | None, why: str, by: str) -> str | None:
-    """Move the champion alias to `version`; return the version it replaced.
+class _Ledger:
+    """The alias ledger (`tuneloop.ledger.Store`) on MLflow: claims are versions of `<model>.ledger`.
 
-    The move happens only if the champion is still `expected_champion`, the version the candidate
-    was gated against; the alias is the last write, after its audit record.
+    A claim version points at the same source and run as the version it moves the alias to, since
+    an MLflow server accepts only a source that belongs to a run.
+    """
+
+    def __init__(self, client: Any, cfg: RegistryConfig) -> None:
+        self.client, self.model, self.name = client, cfg.model_name, cfg.model_name + LEDGER_SUFFIX
+
+    def entries(self) -> list[ledger.Entry]:
+        if not _model_exists(self.client, self.name):
+            return []
+        found = [ledger.Entry.from_tags(int(v.version), int(v.creation_timestamp), v.tags)
+                 for v in self.client.search_model_versions(_by_name(self.name))]
+        return sorted(found, key=lambda entry: entry.number)
+
+    def append(self, entry: ledger.Entry) -> ledger.Entry:
+        from mlflow.exceptions import MlflowException
+
+        target = self.client.get_model_version(self.model, entry.to_version)
+        if not _model_exists(self.client, self.name):
+            try:
+                self.client.create_registered_model(self.name, description=f"alias moves of {self.model} (tuneloop ledger)")
+            except MlflowException as exc:  # a rival created it first
+                if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+        made = self.client.create_model_version(self.name, source=target.source, run_id=target.run_id, tags=entry.tags())
+        return replace(entry, number=int(made.version), created_ms=int(made.creation_timestamp))
+
+    def mark(self, number: int, status: str) -> None:
+        self.client.set_model_version_tag(self.name, str(number), "status", status)
+
+    def alias(self, alias: str) -> str | None:
+        version = _alias_version(self.client, self.model, alias)
+        return str(version.version) if version else None
+
+    def point(self, alias: str, version: str) -> None:
+        self.client.set_registered_model_alias(self.model, alias, version)
+
+    def now_ms(self) -> int:
+        return int(time.time() * 1000)
+
+
+def _writer(cfg: RegistryConfig) -> Any:
+    store.check_tracking(cfg, 5.0, True, _schema_head())
+    return _client(cfg)
+
+
+def _actor(by: str) -> str:
+    return by or f"{getpass.getuser()}@{socket.gethostname()}"
+
+
+def _claim(alias: str, to: str, kind: str, why: str, by: str, run: str, evidence: str) -> ledger.Entry:
+    return ledger.Entry(number=0, alias=alias, from_version=None, to_version=to, head=0, kind=kind, actor=_actor(by),
+                        reason=why[:2000], run=run, evidence=evidence, status=ledger.PENDING, created_ms=0)
+
+
+def _promotable(client: Any, cfg: RegistryConfig, version: str) -> Any:
+    target = _resolve(client, cfg, version)
+    gate = _record(target).gate
+    if gate not in ("passed", "manual"):
+        raise RegistryError(f"version {version} of {cfg.model_name} did not pass the gate; only passed versions can be promoted")
+    return target
+
+
+def promote(cfg: RegistryConfig, version: str, expected_champion: str | None, why: str, by: str = "",
+            run: str = "", lease: float = ledger.LEASE_SECONDS) -> str | None:
+    """Make `version` champion if the champion is still `expected_champion`; return the version it replaced.
+
+    A compare-and-set over the ledger (see `tuneloop.ledger`): of promoters racing for the same
+    expected champion exactly one moves the alias; the others get a RegistryError and move nothing.
 
     Raises:
-        RegistryError: when the store is unreachable, the version was not passed by the gate, or the
-            champion moved meanwhile.
+        RegistryError: when the store is unreachable, the version did not pass the gate, or the
+            champion is not (or stopped being) `expected_champion`.
     """
-    store.check_tracking(cfg, 5.0, True, _schema_head())
     with _translated(cfg):
-        client = _client(cfg)
-        target = client.get_model_version(cfg.model_name, version)
-        if target.tags.get(TAG + "gate") != "passed":
-            raise RegistryError(f"version {version} of {cfg.model_name} did not pass the gate; only passed versions can be promoted")
-        current = _champion_version(client, cfg)
-        current_version = str(current.version) if current else None
-        if current_version != (expected_champion or None):
-            raise RegistryError(
-                f"champion moved from {expected_champion or 'none'} to {current_version} while version {version} "
-                "was being gated; run the pipeline again to gate against the new champion"
-            )
-        _move_alias(client, cfg, CHAMPION, version, current_version, why, by)
-    log.info("champion of %s: %s -> %s", cfg.model_name, current_version or "none", version)
-    return current_version
+        client = _writer(cfg)
+        target = _promotable(client, cfg, version)
+        claim = _claim(CHAMPION, version, "promote", why, by, run, target.tags.get(EVIDENCE, ""))
+        try:
+            ledger.move(_Ledger(client, cfg), claim, expected_champion or None, lease)
+        except RegistryError:
+            client.set_model_version_tag(cfg.model_name, version, PROMOTION, "refused")
+            raise
+        client.set_model_version_tag(cfg.model_name, version, PROMOTION, "champion")
+    log.info("champion of %s: %s -> %s", cfg.model_name, expected_champion or "none", version)
+    return expected_champion or None
 
 
-def _move_alias(client: Any, cfg: RegistryConfig, alias: str, to: str, previous: str | None, why: str, by: str) -> None:
-    at = datetime.now(timezone.utc)
-    event = {"alias": alias, "from": previous, "to": to,
-             "at": at.isoformat(), "by": by or f"{getpass.getuser()}@{socket.gethostname()}", "why": why[:2000]}
-    # Audit first: an alias that moved without its record could not be explained later.
-    client.set_registered_model_tag(cfg.model_name, f"{AUDIT_PREFIX}{at.strftime('%Y%m%dT%H%M%S%fZ')}", json.dumps(event))
-    client.set_registered_model_alias(cfg.model_name, alias, to)
+def make_challenger(cfg: RegistryConfig, version: str, why: str, by: str = "", run: str = "") -> None:
+    """Point `challenger` at a passed version that did not become champion (a lost race is logged, not raised)."""
+    with _translated(cfg):
+        client = _writer(cfg)
+        target = _promotable(client, cfg, version)
+        ledger_store = _Ledger(client, cfg)
+        claim = _claim(CHALLENGER, version, "challenger", why, by, run, target.tags.get(EVIDENCE, ""))
+        try:
+            ledger.move(ledger_store, claim, ledger_store.alias(CHALLENGER))
+        except RegistryError as exc:
+            log.warning("challenger not moved to %s: %s", version, exc)
+
+
+def rollback_plan(cfg: RegistryConfig, to: str | None = None) -> tuple[str | None, str | None]:
+    """Return (current champion, version a rollback would move it to); the target is None when there is nothing to do.
+
+    Without `to`, the target is the champion before the current one. A rollback that already
+    happened is not repeated: when the newest champion move is a rollback to the current champion,
+    there is nothing to do (name `to` to go further back).
+
+    Raises:
+        RegistryError: when there is no champion, no earlier champion, or `to` is not a passed
+            version on the same base model and tokenizer as the champion.
+    """
+    client = _reader(cfg)
+    with _translated(cfg):
+        current = _alias_version(client, cfg.model_name, CHAMPION) if client is not None else None
+        if current is None:
+            raise RegistryError(f"{cfg.model_name} has no champion to roll back; run `tuneloop run` first")
+        number = str(current.version)
+        moves = ledger.history(_Ledger(client, cfg).entries(), CHAMPION)
+        if to is None:
+            if moves and moves[-1].kind == "rollback" and moves[-1].to_version == number:
+                return number, None
+            previous = next((m.from_version for m in reversed(moves) if m.to_version == number), None)
+            if previous is None:
+                raise RegistryError(f"champion version {number} has no earlier champion in the history; name one with --to VERSION")
+            to = previous
+        if to == number:
+            return number, None
+        target = _promotable(client, cfg, to)
+        mine, theirs = _record(current), _record(target)
+        for key in ("base_sha256", "tokenizer_sha256", "task"):
+            if getattr(mine, key) != getattr(theirs, key):
+                raise RegistryError(
+                    f"version {to} has {key} {getattr(theirs, key)[:12]} but champion {number} has {getattr(mine, key)[:12]}; "
+                    "a rollback target must serve on the same base model, tokenizer and task"
+                )
+    return number, to
+
+
+def rollback(cfg: RegistryConfig, why: str, to: str | None = None, by: str = "") -> tuple[str, str | None]:
+    """Move the champion back (see `rollback_plan`); return (from, to), with to None when nothing moved.
+
+    Idempotent: a second call finds the rollback done and moves nothing.
+    """
+    current, target = rollback_plan(cfg, to)
+    if target is None:
+        return current, None
+    with _translated(cfg):
+        client = _writer(cfg)
+        claim = _claim(CHAMPION, target, "rollback", why, by, "", "")
+        ledger.move(_Ledger(client, cfg), claim, current)
+        client.set_model_version_tag(cfg.model_name, current, PROMOTION, "rolled back")
+        client.set_model_version_tag(cfg.model_name, target, PROMOTION, "champion")
+    log.info("champion of %s rolled back: %s -> %s", cfg.model_name, current, target)
+    return current, target
+
+
+def history(cfg: RegistryConfig) -> list[ledger.Entry]:
+    """Every claim on the ledger, oldest first: completed moves (status done) and the attempts that lost."""
+    client = _reader(cfg)
+    if client is None:
+        return []
+    with _translated(cfg):
+        return _Ledger(client, cfg).entries()
+
+
+def champion_at(cfg: RegistryConfig, when: datetime) -> ledger.Entry | None:
+    """The move that made the champion of time `when` (None when there was none then)."""
+    return ledger.at(history(cfg), CHAMPION, int(when.timestamp() * 1000))
+
+
+def last_good(cfg: RegistryConfig) -> str | None:
+    """The version a rollback without --to would move the champion to (None when there is nothing to do)."""
+    return rollback_plan(cfg)[1]
+
+
+def repair(cfg: RegistryConfig) -> dict[str, list]:
+    """Settle what crashed promotions left: pending claims whose process is gone or whose lease ran out,
+    and passed versions left `pending` with no claim (marked `orphaned`; promote one by hand if wanted).
+    """
+    if store.is_empty_sqlite(cfg):
+        return {"claims": [], "versions": []}
+    with _translated(cfg):
+        client = _writer(cfg)
+        ledger_store = _Ledger(client, cfg)
+        settled = ledger.resolve_orphans(ledger_store, ledger_store.entries())
+        entries = ledger_store.entries()
+        champion = ledger_store.alias(CHAMPION)
+        live = {e.to_version for e in entries if e.status == ledger.PENDING}
+        marked = []
+        if _model_exists(client, cfg.model_name):
+            for version in client.search_model_versions(_by_name(cfg.model_name)):
+                number = str(version.version)
+                if version.tags.get(PROMOTION) != "pending" or number in live:
+                    continue
+                state = "champion" if number == champion else "orphaned"
+                client.set_model_version_tag(cfg.model_name, number, PROMOTION, state)
+                marked.append({"version": number, "promotion": state})
+    return {"claims": [entry.to_dict() for entry in settled], "versions": marked}
+
+
+def show(cfg: RegistryConfig, version: str) -> dict[str, Any]:
+    """One version: its contract record, run metrics, aliases, promotion state, gate reasons and dossier."""
+    client = _reader(cfg)
+    if client is None:
+        raise RegistryError(f"no registry at {cfg.tracking_uri} yet; run `tuneloop run` first")
+    with _translated(cfg):
+        found = _resolve(client, cfg, version)
+        number = str(found.version)
+        model = client.get_registered_model(cfg.model_name)
+        metrics = client.get_run(found.run_id).data.metrics if found.run_id else {}
+        moves = [e.to_dict() for e in _Ledger(client, cfg).entries() if number in (e.to_version, e.from_version)]
+    return {
+        "model": cfg.model_name, "version": number, "record": asdict(_record(found)),
+        "aliases": sorted(alias for alias, v in (model.aliases or {}).items() if str(v) == number),
+        "promotion": found.tags.get(PROMOTION), "dossier": found.tags.get(EVIDENCE), "run_id": found.run_id,
+        "metrics": metrics, "moves": moves,
+    }
 
 
 def status(cfg: RegistryConfig) -> dict[str, Any]:
-    """Return the registered versions (newest first) with aliases, gate verdicts and metrics."""
+    """Return the registered versions (newest first) with aliases, gate verdicts and metrics, and the alias history."""
     client = _reader(cfg)
+    empty = {"model": cfg.model_name, "versions": [], "history": []}
     if client is None:
-        return {"model": cfg.model_name, "versions": [], "audit": []}
+        return empty
     with _translated(cfg):
-        if not client.search_registered_models(filter_string=f"name = '{cfg.model_name}'"):
-            return {"model": cfg.model_name, "versions": [], "audit": []}
+        if not _model_exists(client, cfg.model_name):
+            return empty
         model = client.get_registered_model(cfg.model_name)
         # search_model_versions leaves `aliases` empty; the registered model holds the mapping.
         aliases: dict[str, list[str]] = {}
         for alias, number in (model.aliases or {}).items():
             aliases.setdefault(str(number), []).append(alias)
         rows = []
-        for version in client.search_model_versions(f"name = '{cfg.model_name}'"):
+        for version in client.search_model_versions(_by_name(cfg.model_name)):
             metrics = client.get_run(version.run_id).data.metrics if version.run_id else {}
+            record = _record(version)
             rows.append({
-                "version": str(version.version), "aliases": aliases.get(str(version.version), []),
-                "gate": version.tags.get(TAG + "gate"), "reasons": version.tags.get(TAG + "gate_reasons"),
-                "data_rev": version.tags.get(TAG + "data_rev"), "method": version.tags.get(TAG + "method"),
+                "version": str(version.version), "aliases": sorted(aliases.get(str(version.version), [])),
+                "gate": record.gate, "promotion": version.tags.get(PROMOTION), "reasons": "; ".join(record.gate_reasons),
+                "data_rev": record.data_rev, "method": record.method,
                 "accuracy": metrics.get("accuracy"), "macro_f1": metrics.get("macro_f1"),
                 "champion_macro_f1": metrics.get("champion_macro_f1"), "created": version.creation_timestamp,
             })
         rows.sort(key=lambda row: int(row["version"]), reverse=True)
-        audit = [json.loads(v) for k, v in sorted(model.tags.items()) if k.startswith(AUDIT_PREFIX)]
-    return {"model": cfg.model_name, "versions": rows, "audit": audit}
+        moves = [e.to_dict() for e in ledger.history(_Ledger(client, cfg).entries())]
+    return {"model": cfg.model_name, "versions": rows, "history": moves}

@@ -14,6 +14,7 @@ from tuneloop import cycle, registry, workspace
 from tuneloop.cli import config as config_cli
 from tuneloop.cli import data as data_cli
 from tuneloop.cli import pipeline as pipeline_cli
+from tuneloop.cli import predict as predict_cli
 from tuneloop.cli import registry as registry_cli
 from tuneloop.cli import train as train_cli
 from tuneloop.cli.context import CONFIG_HELP, config_for
@@ -31,6 +32,7 @@ app.add_typer(pipeline_cli.app, name="pipeline")
 app.command("train")(train_cli.train)
 app.command("evaluate")(train_cli.evaluate)
 app.command("gate")(train_cli.gate)
+app.command("predict")(predict_cli.predict)
 _OPTIONS = {"verbose": False}
 
 
@@ -82,14 +84,19 @@ def run(
     if result.decision is None:
         typer.echo(f"submitted run {result.run_id}: {result.state}")
         return
-    verdict = "passed, now champion" if result.decision["passed"] else "rejected, champion unchanged"
+    if result.decision.get("manual"):
+        verdict = f"passed, needs a person to promote it (challenger; `tuneloop registry promote {result.version}`)"
+    elif result.decision["passed"]:
+        verdict = "passed, now champion"
+    else:
+        verdict = "rejected, champion unchanged"
     typer.echo(f"version {result.version}: gate {verdict}: " + "; ".join(result.decision["reasons"]))
 
 
 @app.command("demo")
 def demo(
     directory: Path = typer.Option(Path("tuneloop-demo"), "--dir", help="Workspace folder to create."),
-    rows: int = typer.Option(700, "--rows", min=200, help="Rows per synthetic dataset version."),
+    rows: int = typer.Option(700, "--rows", min=650, help="Rows per synthetic dataset version."),
 ) -> None:
     """Run the whole loop offline on synthetic data: v1, v2, then a broken candidate."""
     from tuneloop.cli.demo import run_demo
