@@ -28,10 +28,11 @@ def cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def runs_and_versions(root: Path) -> tuple[list[tuple[str, str]], list[str]]:
-    """(status, lifecycle) of every MLflow run, and every model version, read straight from the database."""
+    """(status, lifecycle) of every MLflow run, and every version of the model (not of its alias
+    ledger), read straight from the database."""
     with sqlite3.connect(f"file:{root / 'mlflow.db'}?mode=ro", uri=True) as db:
         runs = sorted(db.execute("SELECT status, lifecycle_stage FROM runs").fetchall())
-        versions = [str(v) for (v,) in db.execute("SELECT version FROM model_versions ORDER BY version")]
+        versions = [str(v) for (v,) in db.execute("SELECT version FROM model_versions WHERE name = 'test-model' ORDER BY version")]
     return runs, versions
 
 

@@ -107,16 +107,17 @@ def owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _claimant_gone(entry: Entry) -> bool:
-    """True when the claim was made on this host by a process that no longer runs."""
+def gone(owner: str, created_ms: int) -> bool:
+    """True when `owner` (host:pid) is a process on this host that no longer runs, or whose pid now
+    belongs to a process started after `created_ms`."""
     import psutil
 
-    host, _, pid = entry.owner.rpartition(":")
+    host, _, pid = owner.rpartition(":")
     if host != socket.gethostname() or not pid.isdigit():
         return False
     try:
         # A reused pid belongs to a process that started after the claim was made.
-        return psutil.Process(int(pid)).create_time() * 1000 > entry.created_ms + 1000
+        return psutil.Process(int(pid)).create_time() * 1000 > created_ms + 1000
     except psutil.NoSuchProcess:
         return True
 
@@ -165,7 +166,7 @@ def resolve_orphans(store: Store, entries: list[Entry], lease: float = LEASE_SEC
     settled = []
     now = store.now_ms()
     for entry in entries:
-        if entry.status != PENDING or (now - entry.created_ms < lease * 1000 and not _claimant_gone(entry)):
+        if entry.status != PENDING or (now - entry.created_ms < lease * 1000 and not gone(entry.owner, entry.created_ms)):
             continue
         current = store.alias(entry.alias)
         moved = current == entry.to_version and current != entry.from_version

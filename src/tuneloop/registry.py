@@ -52,6 +52,7 @@ LEDGER_SUFFIX = ".ledger"  # the registered model that holds the alias ledger (s
 # The version's promotion state, the one tag that changes after registration.
 PROMOTION = TAG + "promotion"
 EVIDENCE = TAG + "dossier"
+OWNER = TAG + "registered_by"  # host:pid, so `repair` knows a pending version's promoter died
 GATE_VERDICTS = ("passed", "manual", "rejected")  # manual: passed, but the policy needs a person to promote
 
 # MLflow's defaults retry an HTTP call 7 times with backoff 2 and a 120 s timeout: about 4 minutes
@@ -410,7 +411,8 @@ def _write(client: Any, cfg: RegistryConfig, candidate: Candidate, run_name: str
     if not client.search_registered_models(filter_string=_by_name(cfg.model_name)):
         written.new_model = True
         client.create_registered_model(cfg.model_name, description="tuneloop adapters (PEFT, safetensors)")
-    version_tags = {**candidate.record.tags(), PROMOTION: "pending" if candidate.record.gate == "passed" else candidate.record.gate}
+    version_tags = {**candidate.record.tags(), PROMOTION: "pending" if candidate.record.gate == "passed" else candidate.record.gate,
+                    OWNER: ledger.owner()}
     if "dossier/dossier.html" in candidate.documents:
         version_tags[EVIDENCE] = f"{written.run.info.artifact_uri}/dossier/dossier.html"
     return client.create_model_version(
@@ -725,25 +727,29 @@ def last_good(cfg: RegistryConfig) -> str | None:
     return rollback_plan(cfg)[1]
 
 
-def repair(cfg: RegistryConfig) -> dict[str, list]:
+def repair(cfg: RegistryConfig, lease: float = ledger.LEASE_SECONDS) -> dict[str, list]:
     """Settle what crashed promotions left: pending claims whose process is gone or whose lease ran out,
-    and passed versions left `pending` with no claim (marked `orphaned`; promote one by hand if wanted).
+    and passed versions left `pending` with no claim, the same way (marked `orphaned`; promote one
+    by hand if wanted).
     """
     if store.is_empty_sqlite(cfg):
         return {"claims": [], "versions": []}
     with _translated(cfg):
         client = _writer(cfg)
         ledger_store = _Ledger(client, cfg)
-        settled = ledger.resolve_orphans(ledger_store, ledger_store.entries())
+        settled = ledger.resolve_orphans(ledger_store, ledger_store.entries(), lease)
         entries = ledger_store.entries()
         champion = ledger_store.alias(CHAMPION)
         live = {e.to_version for e in entries if e.status == ledger.PENDING}
         marked = []
         if _model_exists(client, cfg.model_name):
-            for version in client.search_model_versions(_by_name(cfg.model_name)):
+            for version in sorted(client.search_model_versions(_by_name(cfg.model_name)), key=lambda v: int(v.version)):
                 number = str(version.version)
                 if version.tags.get(PROMOTION) != "pending" or number in live:
                     continue
+                age = ledger_store.now_ms() - int(version.creation_timestamp)
+                if age < lease * 1000 and not ledger.gone(version.tags.get(OWNER, ""), int(version.creation_timestamp)):
+                    continue  # its promoter may still be on its way to the claim
                 state = "champion" if number == champion else "orphaned"
                 client.set_model_version_tag(cfg.model_name, number, PROMOTION, state)
                 marked.append({"version": number, "promotion": state})
