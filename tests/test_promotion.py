@@ -200,7 +200,7 @@ def test_a_promotion_killed_between_any_two_writes_leaves_a_consistent_registry(
         registry.repair(cfg)
         entries = registry.history(cfg)
         assert [e for e in entries if e.status == ledger.PENDING] == [], limit
-        assert registry.show(cfg, newest)["promotion"] == ("champion" if after == newest else "orphaned"), limit
+        assert registry.show(cfg, newest)["promotion"] == ("promoted" if after == newest else "orphaned"), limit
         moved = [e for e in entries if e.to_version == newest and e.status == ledger.DONE]
         assert len(moved) == (1 if after == newest else 0), (limit, entries)
     # the registry still works: the next promotion succeeds

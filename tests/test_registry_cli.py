@@ -46,6 +46,25 @@ def test_promote_shows_the_plan_and_a_dry_run_changes_nothing(config):
     assert champion(config) == "1"
 
 
+def test_promoting_the_champion_is_a_no_op(config):
+    done = cli("registry", "promote", "1", "--reason", "x", "--yes", "--config", str(config))
+    assert (done.returncode, done.stdout) == (0, "version 1 is already champion; nothing to do\n")
+
+
+def test_a_dry_run_still_checks_the_version(config):
+    done = cli("registry", "promote", "2", "--reason", "x", "--dry-run", "--config", str(config))
+    assert (done.returncode, done.stdout, done.stderr.strip()) == (
+        1, "", "error: RegistryError: version 2 of test-model did not pass the gate; only passed versions can be promoted")
+
+
+def test_without_a_terminal_or_an_answer_nothing_is_promoted(config):
+    done = cli("registry", "promote", "3", "--reason", "reviewed", "--json", "--config", str(config))
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.strip().splitlines()[-1] == (
+        "error: RegistryError: not confirmed; nothing was changed (pass --yes to skip the question)")
+    assert champion(config) == "1"
+
+
 def test_promote_asks_and_a_no_changes_nothing(config):
     done = cli("registry", "promote", "3", "--reason", "reviewed", "--config", str(config), stdin="n\n")
     assert done.returncode == 1
@@ -64,7 +83,6 @@ def test_promote_with_yes_moves_and_json_says_so(config):
 @pytest.mark.parametrize("args, message", [
     (["promote", "2", "--reason", "x", "--yes"],
      "error: RegistryError: version 2 of test-model did not pass the gate; only passed versions can be promoted"),
-    (["promote", "1", "--reason", "x", "--yes"], "error: RegistryError: version 1 is already champion; nothing to do"),
     (["promote", "9", "--reason", "x", "--yes"],
      "error: RegistryError: test-model has no version 9; `tuneloop registry status` lists the versions"),
     (["promote", "3", "--reason", " ", "--yes"],
@@ -91,7 +109,7 @@ def test_rollback_twice_moves_once_and_history_at_answers(config):
     first = cli("registry", "rollback", "--reason", "3 mislabels refunds", "--yes", "--config", str(config))
     assert (first.returncode, first.stdout.splitlines()[-1]) == (0, "champion is now version 1 (was 3)")
     second = cli("registry", "rollback", "--reason", "retry", "--yes", "--json", "--config", str(config))
-    assert json.loads(second.stdout) == {"from": "1", "to": "1", "moved": False, "dry_run": False}
+    assert json.loads(second.stdout) == {"from": "1", "to": None, "moved": False, "dry_run": False}
     at = cli("registry", "history", "--at", after_promote, "--json", "--config", str(config))
     assert json.loads(at.stdout)["champion"] == "3"
     history = json.loads(cli("registry", "history", "--json", "--config", str(config)).stdout)

@@ -19,7 +19,7 @@ import pandas as pd
 
 from tuneloop import data, dossier, evaluation, gate, preflight, registry, tables, training
 from tuneloop.config import Config
-from tuneloop.errors import DataError, RegistryError
+from tuneloop.errors import DataError, RegistryConflict
 from tuneloop.evaluation import EvalReport
 from tuneloop.gate import GateDecision
 from tuneloop.modeling import pick_device, read_adapter_meta
@@ -246,7 +246,7 @@ def promote_step(
     champion was replaced while it was gated, becomes the challenger instead.
 
     Raises:
-        RegistryError: when the champion moved meanwhile (the candidate is registered and challenger).
+        RegistryConflict: when the champion moved meanwhile (the candidate is registered and challenger).
     """
     registered = register_step(cfg, snapshot_dir, train_dir, scores, decision, run_name, dossier_files)
     why = "; ".join(decision.reasons)
@@ -257,7 +257,7 @@ def promote_step(
         return registered
     try:
         registry.promote(cfg.registry, registered.version, scores.champion_version, why, run_name, run_name)
-    except RegistryError:
+    except RegistryConflict:
         registry.make_challenger(cfg.registry, registered.version, f"not promoted: the champion moved; {why}", run_name, run_name)
         raise
     return registered

@@ -29,6 +29,10 @@ class RegistryError(TuneloopError):
     """The model registry is unreachable or holds something unexpected."""
 
 
+class RegistryConflict(RegistryError):
+    """An alias move lost to another: the alias was not the expected version, or a rival claim came first."""
+
+
 class PipelineError(TuneloopError):
     """A pipeline could not be compiled, submitted or did not succeed."""
 

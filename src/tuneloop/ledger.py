@@ -31,11 +31,13 @@ process is gone (R): `done` when the alias already points at its `to` (it died a
 moving), otherwise `aborted` (the champion did not change). A rival blocked by a live pending
 claim waits; it never guesses.
 
-Failure cases, by design: a claimant paused for longer than the lease (SIGSTOP, a VM freeze)
-between claiming and moving can find its claim aborted and another move done meanwhile; it then
-moves the alias anyway only if its claim is still pending when it re-reads it, which narrows but
-does not close that window, so the lease (120 s) is set far above a move's real duration (well
-under a second). Moves made outside tuneloop (the MLflow UI) are not in the ledger; the next claim
+Failure cases, by design: a claimant waits for rivals at most half the lease and does not point
+the alias once its claim is older than that, but a claimant paused for more than half the lease
+(SIGSTOP, a VM freeze) *between* that check and pointing can still move the alias after a rival
+settled its claim as an orphan; the lease (120 s) is far above a move's real duration (well under
+a second). Claim ages compare the server's creation stamp with the claimant's clock, so clocks
+more than a few seconds apart shorten or stretch the lease by that much. The same-host shortcut
+(owner host:pid no longer running) assumes hostnames are unique to a process namespace. Moves made outside tuneloop (the MLflow UI) are not in the ledger; the next claim
 compares against the alias as it finds it, so they are overwritten only by a move that expected them.
 """
 
@@ -48,7 +50,7 @@ from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from typing import Protocol
 
-from tuneloop.errors import RegistryError
+from tuneloop.errors import RegistryConflict, RegistryError
 
 PENDING, DONE, LOST, ABORTED = "pending", "done", "lost", "aborted"
 LIVE = (PENDING, DONE)
@@ -180,47 +182,71 @@ def _rivals(store: Store, claim: Entry, lease: float, wait: float) -> list[Entry
     """The live claims between the claimant's head and its claim, after waiting out pending ones."""
     deadline = time.monotonic() + wait
     while True:
-        entries = store.entries()
-        between = [e for e in entries if e.alias == claim.alias and claim.head < e.number < claim.number]
+        between = [e for e in store.entries() if e.alias == claim.alias and claim.head < e.number < claim.number]
+        if resolve_orphans(store, between, lease):
+            continue  # settled some: look again
         live = [e for e in between if e.status in LIVE]
         if not any(e.status == PENDING for e in live) or any(e.status == DONE for e in live):
             return live
         if time.monotonic() >= deadline:
             return live
-        resolve_orphans(store, between, lease)
         time.sleep(POLL_SECONDS)
+
+
+def _refusal(claim: Entry, first: Entry) -> RegistryConflict:
+    if first.status == PENDING:
+        return RegistryConflict(
+            f"claim {first.number} ({first.from_version or 'unset'} -> {first.to_version}, by {first.owner or first.actor}) "
+            f"is still pending; version {claim.to_version} was not made {claim.alias}, nothing was moved; "
+            "retry after `tuneloop registry repair`"
+        )
+    return RegistryConflict(
+        f"another move of {claim.alias} came first (claim {first.number}: {first.from_version or 'unset'} -> "
+        f"{first.to_version}); version {claim.to_version} was not made {claim.alias}, nothing was moved; "
+        "decide again against the new one (`tuneloop registry history`)"
+    )
 
 
 def move(store: Store, claim: Entry, expected: str | None, lease: float = LEASE_SECONDS) -> Entry:
     """Move `claim.alias` from `expected` to `claim.to_version`, or refuse; return the completed claim.
 
     `claim` carries the who/why/run/evidence; its number, head, from and status are filled in here.
+    A claimant waits for pending rivals at most half the lease, and gives up when its own claim is
+    older than that before it points the alias, so no rival can have settled it as an orphan.
 
     Raises:
-        RegistryError: when the alias is not `expected` (nothing written), or a rival claim came
+        RegistryConflict: when the alias is not `expected` (nothing written), or a rival claim came
             first (this claim is marked lost; the alias is untouched).
+        RegistryError: when the store fails; a claim already written is then marked aborted.
     """
     entries = store.entries()
     resolve_orphans(store, entries, lease)
     seen_head = head(store.entries(), claim.alias)
     current = store.alias(claim.alias)
     if current != expected:
-        raise RegistryError(
+        raise RegistryConflict(
             f"{claim.alias} is version {current or 'unset'}, not {expected or 'unset'} as expected for moving it to "
             f"{claim.to_version}; nothing was moved (look at `tuneloop registry history`, then decide again)"
         )
     mine = store.append(replace(claim, from_version=expected, head=seen_head, status=PENDING, owner=owner()))
-    rivals = _rivals(store, mine, lease, wait=lease)
-    if rivals:
-        store.mark(mine.number, LOST)
-        first = rivals[0]
-        raise RegistryError(
-            f"another move of {claim.alias} came first (claim {first.number}: {first.from_version or 'unset'} -> "
-            f"{first.to_version}, {first.status}); version {claim.to_version} was not made {claim.alias}, nothing was moved"
-        )
-    # A claimant paused past the lease may have been settled as aborted by someone else: re-read.
-    if next((e.status for e in store.entries() if e.number == mine.number), PENDING) != PENDING:
-        raise RegistryError(f"claim {mine.number} was settled while this process was paused; nothing was moved")
-    store.point(claim.alias, claim.to_version)
-    store.mark(mine.number, DONE)
+    pointed = False
+    try:
+        rivals = _rivals(store, mine, lease, wait=lease / 2)
+        if rivals:
+            store.mark(mine.number, LOST)
+            raise _refusal(claim, rivals[0])
+        if store.now_ms() - mine.created_ms >= lease * 500:
+            store.mark(mine.number, ABORTED)
+            raise RegistryConflict(f"claim {mine.number} waited past half its {lease:.0f} s lease; nothing was moved; try again")
+        store.point(claim.alias, claim.to_version)
+        pointed = True
+        store.mark(mine.number, DONE)
+    except BaseException:
+        if not pointed:
+            try:
+                if next(e.status for e in store.entries() if e.number == mine.number) == PENDING:
+                    store.mark(mine.number, ABORTED)
+            except Exception:  # noqa: BLE001 - the store is failing: repair settles the claim later
+                pass
+        raise
     return replace(mine, status=DONE)

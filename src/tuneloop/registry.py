@@ -12,8 +12,8 @@ Contract:
 - `register` is all or nothing: when any step fails or is interrupted, the run, version, model and
   experiment it created are taken back before the error is raised again.
 - Every version carries one `VersionRecord` (the adapter contract), and a `tuneloop.promotion`
-  state: pending (passed, not yet decided), champion, refused, rolled back, orphaned, or the gate
-  verdict for versions that were not passed.
+  state: pending (passed, not yet decided), promoted (was champion at some time; the alias says
+  whether it still is), refused, rolled back, orphaned, or the gate verdict of one not passed.
 - Aliases (`champion`, `challenger`) move only through the ledger (`tuneloop.ledger`): a
   compare-and-set over claims appended as versions of `<model>.ledger`, which works through the
   REST API alone and keeps the history ("champion at time T", "last good version") in the registry.
@@ -42,7 +42,7 @@ from typing import Any, Callable, Iterator
 
 from tuneloop import ledger, store
 from tuneloop.config import RegistryConfig
-from tuneloop.errors import RegistryError
+from tuneloop.errors import RegistryConflict, RegistryError
 
 log = logging.getLogger(__name__)
 
@@ -619,24 +619,40 @@ def promote(cfg: RegistryConfig, version: str, expected_champion: str | None, wh
     """Make `version` champion if the champion is still `expected_champion`; return the version it replaced.
 
     A compare-and-set over the ledger (see `tuneloop.ledger`): of promoters racing for the same
-    expected champion exactly one moves the alias; the others get a RegistryError and move nothing.
+    expected champion exactly one moves the alias; the others get a RegistryConflict and move nothing.
 
     Raises:
-        RegistryError: when the store is unreachable, the version did not pass the gate, or the
-            champion is not (or stopped being) `expected_champion`.
+        RegistryConflict: when the champion is not (or stopped being) `expected_champion`.
+        RegistryError: when the store is unreachable or the version did not pass the gate.
     """
     with _translated(cfg):
         client = _writer(cfg)
         target = _promotable(client, cfg, version)
-        claim = _claim(CHAMPION, version, "promote", why, by, run, target.tags.get(EVIDENCE, ""))
+        number = str(target.version)
+        claim = _claim(CHAMPION, number, "promote", why, by, run, target.tags.get(EVIDENCE, ""))
+        ledger_store = _Ledger(client, cfg)
         try:
-            ledger.move(_Ledger(client, cfg), claim, expected_champion or None, lease)
-        except RegistryError:
-            client.set_model_version_tag(cfg.model_name, version, PROMOTION, "refused")
+            ledger.move(ledger_store, claim, expected_champion or None, lease)
+        except RegistryConflict:
+            if ledger_store.alias(CHAMPION) != number:  # a retry of a promotion that won is not "refused"
+                client.set_model_version_tag(cfg.model_name, number, PROMOTION, "refused")
             raise
-        client.set_model_version_tag(cfg.model_name, version, PROMOTION, "champion")
-    log.info("champion of %s: %s -> %s", cfg.model_name, expected_champion or "none", version)
+        client.set_model_version_tag(cfg.model_name, number, PROMOTION, "promoted")
+    log.info("champion of %s: %s -> %s", cfg.model_name, expected_champion or "none", number)
     return expected_champion or None
+
+
+def check_promotable(cfg: RegistryConfig, version: str) -> str:
+    """Return the version number `version` names, if it passed the gate (reads only).
+
+    Raises:
+        RegistryError: when there is no such version, or it did not pass the gate.
+    """
+    client = _reader(cfg)
+    if client is None:
+        raise RegistryError(f"no registry at {cfg.tracking_uri} yet; run `tuneloop run` first")
+    with _translated(cfg):
+        return str(_promotable(client, cfg, version).version)
 
 
 def make_challenger(cfg: RegistryConfig, version: str, why: str, by: str = "", run: str = "") -> None:
@@ -669,7 +685,9 @@ def rollback_plan(cfg: RegistryConfig, to: str | None = None) -> tuple[str | Non
         if current is None:
             raise RegistryError(f"{cfg.model_name} has no champion to roll back; run `tuneloop run` first")
         number = str(current.version)
-        moves = ledger.history(_Ledger(client, cfg).entries(), CHAMPION)
+        # A move whose claimant died after pointing the alias is a move, settled or not.
+        moves = [e for e in _Ledger(client, cfg).entries() if e.alias == CHAMPION and (
+            e.status == ledger.DONE or (e.status == ledger.PENDING and e.to_version == number))]
         if to is None:
             if moves and moves[-1].kind == "rollback" and moves[-1].to_version == number:
                 return number, None
@@ -680,6 +698,9 @@ def rollback_plan(cfg: RegistryConfig, to: str | None = None) -> tuple[str | Non
         if to == number:
             return number, None
         target = _promotable(client, cfg, to)
+        to = str(target.version)
+        if to == number:
+            return number, None
         mine, theirs = _record(current), _record(target)
         for key in ("base_sha256", "tokenizer_sha256", "task"):
             if getattr(mine, key) != getattr(theirs, key):
@@ -690,20 +711,27 @@ def rollback_plan(cfg: RegistryConfig, to: str | None = None) -> tuple[str | Non
     return number, to
 
 
-def rollback(cfg: RegistryConfig, why: str, to: str | None = None, by: str = "") -> tuple[str, str | None]:
+def rollback(cfg: RegistryConfig, why: str, to: str | None = None, by: str = "", expected: str | None = None) -> tuple[str, str | None]:
     """Move the champion back (see `rollback_plan`); return (from, to), with to None when nothing moved.
 
-    Idempotent: a second call finds the rollback done and moves nothing.
+    Idempotent: a second call finds the rollback done and moves nothing. With `expected`, the
+    rollback happens only if the champion is still that version (the plan a person confirmed).
+
+    Raises:
+        RegistryConflict: when the champion is not `expected`, or moved while rolling back.
     """
     current, target = rollback_plan(cfg, to)
+    if expected is not None and current != expected:
+        raise RegistryConflict(f"champion is version {current}, not {expected} as planned; nothing was moved "
+                               "(run the rollback again to see the new plan)")
     if target is None:
         return current, None
     with _translated(cfg):
         client = _writer(cfg)
-        claim = _claim(CHAMPION, target, "rollback", why, by, "", "")
+        evidence = client.get_model_version(cfg.model_name, target).tags.get(EVIDENCE, "")
+        claim = _claim(CHAMPION, target, "rollback", why, by, "", evidence)
         ledger.move(_Ledger(client, cfg), claim, current)
         client.set_model_version_tag(cfg.model_name, current, PROMOTION, "rolled back")
-        client.set_model_version_tag(cfg.model_name, target, PROMOTION, "champion")
     log.info("champion of %s rolled back: %s -> %s", cfg.model_name, current, target)
     return current, target
 
@@ -750,7 +778,7 @@ def repair(cfg: RegistryConfig, lease: float = ledger.LEASE_SECONDS) -> dict[str
                 age = ledger_store.now_ms() - int(version.creation_timestamp)
                 if age < lease * 1000 and not ledger.gone(version.tags.get(OWNER, ""), int(version.creation_timestamp)):
                     continue  # its promoter may still be on its way to the claim
-                state = "champion" if number == champion else "orphaned"
+                state = "promoted" if number == champion else "orphaned"
                 client.set_model_version_tag(cfg.model_name, number, PROMOTION, state)
                 marked.append({"version": number, "promotion": state})
     return {"claims": [entry.to_dict() for entry in settled], "versions": marked}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
@@ -37,7 +38,13 @@ def _confirm(plan: str, dry_run: bool, yes: bool, as_json: bool) -> bool:
         if not as_json:
             typer.echo("dry run: nothing was changed")
         return False
-    if not yes and not typer.confirm("go ahead?", default=False):
+    if yes:
+        return True
+    typer.echo("go ahead? [y/N] ", err=True, nl=False)  # stderr: --json output stays JSON
+    answer = sys.stdin.readline()
+    if not answer.endswith("\n") or not sys.stdin.isatty():
+        typer.echo("", err=True)  # the error starts a line of its own
+    if answer.strip().lower() not in ("y", "yes"):  # end of input counts as no
         raise RegistryError("not confirmed; nothing was changed (pass --yes to skip the question)")
     return True
 
@@ -72,9 +79,14 @@ def promote(
     """Make a version that passed the gate champion (compare-and-set against the champion seen now)."""
     cfg = config_for(config)
     why = _reason(reason)
+    version = registry.check_promotable(cfg.registry, version)  # before the plan: a dry run checks too
     champion = registry.alias_of(cfg.registry, registry.CHAMPION)
     if champion == version:
-        raise RegistryError(f"version {version} is already champion; nothing to do")
+        if as_json:
+            show_json({"from": champion, "to": None, "moved": False, "dry_run": dry_run})
+        else:
+            typer.echo(f"version {version} is already champion; nothing to do")
+        return
     plan = f"promote {cfg.registry.model_name}: champion {champion or 'unset'} -> {version} ({why})"
     moved = _confirm(plan, dry_run, yes, as_json)
     if moved:
@@ -96,14 +108,16 @@ def rollback(
     current, target = registry.rollback_plan(cfg.registry, to)
     if target is None:
         if as_json:
-            show_json({"from": current, "to": current, "moved": False, "dry_run": dry_run})
+            show_json({"from": current, "to": None, "moved": False, "dry_run": dry_run})
+        elif to is not None:
+            typer.echo(f"version {current} is already champion; nothing to do")
         else:
             typer.echo(f"champion is version {current}, already rolled back; nothing to do (name --to VERSION to go further)")
         return
     plan = f"roll back {cfg.registry.model_name}: champion {current} -> {target} ({why})"
     moved = _confirm(plan, dry_run, yes, as_json)
     if moved:
-        registry.rollback(cfg.registry, why, target)
+        registry.rollback(cfg.registry, why, target, expected=current)
     if as_json:
         show_json({"from": current, "to": target, "moved": moved, "dry_run": dry_run})
     elif moved:
