@@ -191,7 +191,8 @@ def _translated(cfg: RegistryConfig) -> Iterator[None]:
     except ImportError as exc:  # postgresql:// or mysql:// without its driver
         raise RegistryError(
             f"registry.tracking_uri {cfg.tracking_uri.split('://')[0]}:// needs a database driver that is not installed "
-            f"({exc}); install it (PostgreSQL: pip install psycopg2-binary, MySQL: pip install pymysql)"
+            f"({exc}); install it (PostgreSQL: pip install 'psycopg[binary]' for postgresql://, or psycopg2-binary with "
+            "postgresql+psycopg2://; MySQL: pip install pymysql)"
         ) from exc
     except (MlflowException, sqlalchemy.exc.SQLAlchemyError, sqlite3.Error, requests.RequestException, OSError) as exc:
         detail = store.one_line(exc)
