@@ -332,12 +332,7 @@ def fetch(cfg: RegistryConfig, ref: str, dest: Path) -> Fetched:
 
 def fetch_champion(cfg: RegistryConfig, dest: Path) -> Fetched | None:
     """Download the serving adapter into `dest`; None when nothing serves yet (reads only)."""
-    client = _reader(cfg)
-    if client is None:
-        return None
-    with _translated(cfg):
-        serving = _alias_version(client, cfg.model_name, CHAMPION)
-    return fetch(cfg, CHAMPION, dest) if serving is not None else None
+    return fetch(cfg, CHAMPION, dest) if alias_of(cfg, CHAMPION) is not None else None
 
 
 def latest_version(cfg: RegistryConfig) -> str | None:
