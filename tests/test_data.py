@@ -730,3 +730,69 @@ def test_add_commits_the_data_alone_and_leaves_other_staged_work_staged(root, ti
     assert gitrepo.git(root, "status", "--porcelain") == "A  notes.txt"
     again = data.add_dataset(root, tickets_csv, "tickets", DataConfig(path="data/tickets.csv"))  # same bytes: no-op
     assert again.rev == version.rev and gitrepo.git(root, "status", "--porcelain") == "A  notes.txt"
+
+
+# --- slices (data.slice_column)
+
+SLICED_EVAL = b"text,label,region\nmy card was charged twice,billing,emea\nthe app crashes on start,technical,apac\n"
+
+
+@pytest.fixture(scope="module")
+def sliced(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    """A workspace with v1 tickets (no slice column), a sliced eval file, and files with slice problems."""
+    from tuneloop import synthetic
+
+    tmp = tmp_path_factory.mktemp("sliced")
+    root = ws.init(tmp / "ws", config_text=CONFIG).parent
+    revs = {"v1": data.add_dataset(root, synthetic.write_csv(synthetic.generate_tickets(1, 300, seed=0), tmp / "v1.csv"),
+                                   "tickets", DATA).rev}
+    revs["eval"] = track_unchecked(root, "eval.csv", SLICED_EVAL)
+    revs["unsliced"] = track_unchecked(root, "plain.csv", b"text,label\nmy card was charged twice,billing\n")
+    revs["blank"] = track_unchecked(root, "blank.csv", SLICED_EVAL + b"locked out of my account,account,\n")
+    regions = pd.DataFrame(synthetic.generate_tickets(1, 60, seed=5), columns=["text", "label"])
+    regions["region"] = ["emea", "apac", "amer"] * 20
+    revs["regions"] = track_unchecked(root, "regions.csv", regions.to_csv(index=False).encode())
+    return root, revs
+
+
+def test_prepare_reads_the_slice_column_of_the_held_out_file(sliced, tmp_path):
+    root, revs = sliced
+    cfg = DataConfig(repo=str(root), path="data/tickets.csv", eval_path="data/eval.csv", slice_column="region")
+    data.prepare(cfg, revs["eval"], tmp_path / "snap")
+    _, train, held_out = data.load_snapshot(tmp_path / "snap")
+    assert held_out[["text", "slice"]].values.tolist() == [["my card was charged twice", "emea"],
+                                                           ["the app crashes on start", "apac"]]
+    assert "slice" not in train.columns  # the training file needs no slice column
+
+
+def test_prepare_split_from_one_file_carries_the_slices_on_both_sides(sliced, tmp_path):
+    root, revs = sliced
+    cfg = DataConfig(repo=str(root), path="data/regions.csv", slice_column="region")
+    data.prepare(cfg, revs["regions"], tmp_path / "snap")
+    _, train, held_out = data.load_snapshot(tmp_path / "snap")
+    rows = pd.concat([train, held_out]).sort_values("row")
+    assert rows["slice"].tolist() == ["emea", "apac", "amer"] * 20
+    assert sorted(set(held_out["slice"])) == ["amer", "apac", "emea"]
+
+
+def test_prepare_refuses_a_held_out_file_without_the_slice_column(sliced, tmp_path):
+    root, revs = sliced
+    cfg = DataConfig(repo=str(root), path="data/tickets.csv", eval_path="data/plain.csv", slice_column="region")
+    with pytest.raises(DataError) as caught:
+        data.prepare(cfg, revs["unsliced"], tmp_path / "snap")
+    assert str(caught.value) == (
+        "data file 'data/plain.csv' has no column 'region' (found: 'text', 'label'); "
+        "add the column to the file, or set or remove data.slice_column"
+    )
+    assert not (tmp_path / "snap").exists()
+
+
+def test_prepare_names_a_held_out_row_without_a_slice(sliced, tmp_path):
+    root, revs = sliced
+    cfg = DataConfig(repo=str(root), path="data/tickets.csv", eval_path="data/blank.csv", slice_column="region")
+    message, report = bad_prepare(cfg, revs["blank"], tmp_path / "snap")
+    assert message == (
+        f"1 problem(s) in data/tickets.csv@{revs['blank'][:8]}: row 3 (held_out): slice is empty "
+        "(data.slice_column); name the row's slice or remove the row"
+    )
+    assert [(p["check"], p["split"], p["row"]) for p in report["problems"]] == [("missing_slice", "held_out", 3)]

@@ -308,9 +308,11 @@ def test_a_slice_below_min_slice_rows_is_reported_but_not_gated():
     assert [(s["slice"], s["gated"], s["passed"]) for s in decision.slices] == [("apac", False, True), ("emea", True, True)]
 
 
-def test_data_slice_column_is_refused_until_snapshots_carry_it():
-    with pytest.raises(ConfigError, match=r"^data\.slice_column 'region' cannot be read yet: data snapshots keep only"):
-        parse_config({"data": {"slice_column": "region"}})
+def test_data_slice_column_must_name_a_column_of_its_own():
+    assert parse_config({"data": {"slice_column": "region"}}).data.slice_column == "region"
+    with pytest.raises(ConfigError, match=r"data\.slice_column 'label' is also the text or label column; name the column "
+                                          "that holds each row's slice"):
+        parse_config({"data": {"slice_column": "label"}})
 
 
 # --- broken inputs and round trips

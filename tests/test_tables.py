@@ -265,3 +265,35 @@ def test_read_frame_of_a_snapshot_without_the_malformed_column(tmp_path):
     back = read_frame(tmp_path / "old.jsonl")
     assert list(back.columns) == COLUMNS
     assert back["malformed"].tolist() == [""]
+
+
+def test_a_slice_column_is_read_as_strings_beside_text_and_label():
+    frame = parse_table(b"text,label,region\nhi,a,emea\nyo,b,7\n", "d.csv", "text", "label", "region")
+    assert list(frame.columns) == [*COLUMNS, "slice"]
+    assert frame["slice"].tolist() == ["emea", "7"]
+
+
+def test_a_slice_that_is_a_json_list_is_malformed_not_stringified():
+    raw = b'{"text": "hi", "label": "a", "region": ["emea"]}\n{"text": "yo", "label": "b"}\n'
+    frame = parse_table(raw, "d.jsonl", "text", "label", "region")
+    assert frame["slice"].tolist() == [None, None]
+    assert frame["malformed"].tolist() == ["slice:array", ""]
+
+
+def test_a_missing_slice_column_names_the_key_to_fix():
+    with pytest.raises(DataError, match=r"^data file 'd\.csv' has no column 'region' \(found: 'text', 'label'\); "
+                                        r"add the column to the file, or set or remove data\.slice_column$"):
+        parse_table(b"text,label\nhi,a\n", "d.csv", "text", "label", "region")
+
+
+def test_a_slice_column_equal_to_the_text_column():
+    with pytest.raises(DataError, match=r"^data\.text_column and data\.slice_column are both 'text'; name two different columns$"):
+        parse_table(b"text,label\nhi,a\n", "d.csv", "text", "label", "text")
+
+
+def test_a_slice_column_survives_the_snapshot_round_trip(tmp_path):
+    frame = parse_table(b"text,label,region\nhi,a,emea\nyo,b,007\n", "d.csv", "text", "label", "region")
+    write_frame(frame, tmp_path / "f.jsonl")
+    back = read_frame(tmp_path / "f.jsonl")
+    assert back["slice"].tolist() == ["emea", "007"]
+    assert list(back.columns) == [*COLUMNS, "slice"]

@@ -130,7 +130,7 @@ class DataConfig(_Strict):
     max_eval_rows: int | None = Field(None, ge=1, le=10**9, description="Cap on held-out rows.")
     slice_column: Name | None = Field(
         None, description="Column naming each row's slice (region, language...) for the gate's per-slice checks; "
-                          "refused until data snapshots carry it.",
+                          "needed in the file the held-out rows come from.",
     )
 
     @field_validator("repo")
@@ -149,12 +149,10 @@ class DataConfig(_Strict):
                 f"data.eval_path is data.path ({self.path!r}): the model would be judged on its own training rows; "
                 "point eval_path at a separate held-out file or remove it"
             )
-        if self.slice_column is not None:
-            # The gate and evaluation handle per-row slices, but snapshots keep text and label only
-            # (tables.parse_table / read_frame); accepting the key would silently gate no slice.
+        if self.slice_column in (self.text_column, self.label_column):
             raise ValueError(
-                f"data.slice_column {self.slice_column!r} cannot be read yet: data snapshots keep only the text "
-                "and label columns; remove data.slice_column"
+                f"data.slice_column {self.slice_column!r} is also the text or label column; name the column "
+                "that holds each row's slice"
             )
         return self
 

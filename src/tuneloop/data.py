@@ -280,9 +280,10 @@ def _check_path(path: str, key: str) -> None:
         )
 
 
-def _load(cfg: DataConfig, rev: str, path: str, key: str) -> tuple[pd.DataFrame, str, str]:
+def _load(cfg: DataConfig, rev: str, path: str, key: str, slices: bool) -> tuple[pd.DataFrame, str, str]:
+    """Read and parse one data file at `rev`, with data.slice_column when `slices` (the held-out rows come from it)."""
     raw, resolved = read_at(cfg.repo, rev, path, key)
-    frame = tables.parse_table(raw, path, cfg.text_column, cfg.label_column)
+    frame = tables.parse_table(raw, path, cfg.text_column, cfg.label_column, cfg.slice_column if slices else None)
     return frame, resolved, hashlib.sha256(raw).hexdigest()
 
 
@@ -290,6 +291,9 @@ def prepare(
     cfg: DataConfig, rev: str, out_dir: Path, champion_labels: list[str] | None = None, *, min_train_rows: int = 2
 ) -> Snapshot:
     """Read the data at `rev`, split off the held-out rows, validate, and freeze a snapshot.
+
+    With data.slice_column, the file the held-out rows come from (data.eval_path, or data.path
+    when it is split) must have that column, and every held-out row a slice name.
 
     Every row is validated before data.max_train_rows / data.max_eval_rows cut the splits (a
     duplicate beyond the cap is still a bad dataset); the capped splits are validated too, for
@@ -305,7 +309,7 @@ def prepare(
     Raises:
         DataError: when the data cannot be read or fails validation (the report is written first).
     """
-    frame, resolved, digest = _load(cfg, rev, cfg.path, "data.path")
+    frame, resolved, digest = _load(cfg, rev, cfg.path, "data.path", slices=not cfg.eval_path)
     hashes = {cfg.path: digest}
     if cfg.eval_path:
         if posixpath.normpath(cfg.eval_path) == posixpath.normpath(cfg.path):
@@ -313,7 +317,7 @@ def prepare(
                 f"data.eval_path {cfg.eval_path!r} is the same file as data.path; name a separate held-out "
                 "file, or unset data.eval_path to hold out a stable hash split of data.path"
             )
-        train, (held_out, _, hashes[cfg.eval_path]) = frame, _load(cfg, resolved, cfg.eval_path, "data.eval_path")
+        train, (held_out, _, hashes[cfg.eval_path]) = frame, _load(cfg, resolved, cfg.eval_path, "data.eval_path", slices=True)
     else:
         mask = tables.held_out_mask(frame["text"], cfg.eval_fraction)
         train, held_out = frame[~mask], frame[mask]

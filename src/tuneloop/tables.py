@@ -5,6 +5,8 @@ file, for row-level messages), `text`, `label` (string), `undecodable` (the reco
 are not UTF-8) and `malformed`: what JSONL held that a string column cannot, as comma-separated
 "field:kind" items ("text:array", "label:object", "text:\\ud800" for a lone surrogate, which is
 replaced by U+FFFD because a frame's strings must be valid Unicode), "" for a sound record.
+A frame read with a slice column (`data.slice_column`) also has `slice`: each row's slice name,
+for the gate's per-slice checks.
 Parsing never drops a row: judging rows is validation's job. A file that cannot be read as a table
 at all (bad header, bad JSON line) is a `DataError` here.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import itertools
 import json
 import re
 from collections.abc import Iterator
@@ -63,7 +66,9 @@ def _decode(raw: bytes, path: str) -> tuple[str, set[int]]:
     return "\n".join(out).removeprefix("\ufeff"), bad
 
 
-def parse_table(raw: bytes, path: str, text_column: str, label_column: str) -> pd.DataFrame:
+def parse_table(
+    raw: bytes, path: str, text_column: str, label_column: str, slice_column: str | None = None
+) -> pd.DataFrame:
     """Parse a labelled text file into the normalized frame.
 
     Args:
@@ -71,36 +76,35 @@ def parse_table(raw: bytes, path: str, text_column: str, label_column: str) -> p
         path: its name, for the format and for messages.
         text_column: column (or JSON key) holding the text.
         label_column: column (or JSON key) holding the label.
+        slice_column: column (or JSON key) naming each row's slice, read into `slice`; None reads none.
 
     Raises:
         DataError: when the file cannot be parsed, repeats a column or lacks the named columns.
     """
-    if text_column == label_column:
-        raise DataError(
-            f"data.text_column and data.label_column are both {text_column!r}; name two different columns"
-        )
+    named = {"data.text_column": text_column, "data.label_column": label_column, "data.slice_column": slice_column}
+    named = {key: column for key, column in named.items() if column is not None}
+    for (key, column), (other, same) in itertools.combinations(named.items(), 2):
+        if column == same:
+            raise DataError(f"{key} and {other} are both {column!r}; name two different columns")
     suffix = table_format(path)
     text, bad_lines = _decode(raw, path)
-    columns = (text_column, label_column)
     if suffix in (".jsonl", ".json"):
         records, lines = _jsonl_records(text, path)
         # a key missing from some records is a missing value there; missing from all, a wrong column name
-        keys = list(dict.fromkeys(key for record in records for key in record)) if records else list(columns)
-        _check_columns(keys, columns, path)
+        keys = list(dict.fromkeys(key for record in records for key in record)) if records else list(named.values())
+        _check_columns(keys, named, path)
     else:
-        records, lines = _delimited_records(text, path, FORMATS[suffix], columns)
-    texts = [_cell(r.get(text_column)) for r in records]
-    labels = [_cell(r.get(label_column)) for r in records]
-    return pd.DataFrame(
+        records, lines = _delimited_records(text, path, FORMATS[suffix], named)
+    cells = {field: [_cell(r.get(column)) for r in records] for field, column in zip(("text", "label", "slice"), named.values())}
+    frame = pd.DataFrame(
         {
             "row": range(1, len(records) + 1),
-            "text": [value for value, _ in texts],
-            "label": [value for value, _ in labels],
+            **{field: [value for value, _ in values] for field, values in cells.items()},
             "undecodable": [bool(span & bad_lines) for span in lines],
-            "malformed": [_kinds(t, lab) for (_, t), (_, lab) in zip(texts, labels)],
+            "malformed": [_kinds({field: values[i][1] for field, values in cells.items()}) for i in range(len(records))],
         },
-        columns=COLUMNS,
     )
+    return frame[COLUMNS + (["slice"] if slice_column is not None else [])]
 
 
 def count_records(raw: bytes, path: str) -> int:
@@ -129,8 +133,8 @@ def _cell(value: object) -> tuple[str | None, str]:
     return text, ""
 
 
-def _kinds(text_kind: str, label_kind: str) -> str:
-    return ",".join(f"{name}:{kind}" for name, kind in (("text", text_kind), ("label", label_kind)) if kind)
+def _kinds(kinds: dict[str, str]) -> str:
+    return ",".join(f"{name}:{kind}" for name, kind in kinds.items() if kind)
 
 
 def _reject_constant(name: str) -> float:
@@ -181,7 +185,7 @@ def _field_limit(size: int) -> Iterator[None]:
 
 
 def _delimited_records(
-    text: str, path: str, delimiter: str, columns: tuple[str, str]
+    text: str, path: str, delimiter: str, columns: dict[str, str]
 ) -> tuple[list[dict], list[set[int]]]:
     reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
     records, spans = [], []
@@ -202,21 +206,27 @@ def _delimited_records(
     return records, spans
 
 
-def _check_columns(names: list[str], columns: tuple[str, str], path: str) -> None:
-    """Refuse a header that repeats a name (the last cell would silently win) or lacks a column."""
+def _check_columns(names: list[str], columns: dict[str, str], path: str) -> None:
+    """Refuse a header that repeats a name (the last cell would silently win) or lacks a column.
+
+    `columns` maps each config key (data.text_column ...) to the column it names.
+    """
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
         raise DataError(
             f"data file {path!r} repeats the column {repeated[0]!r} in its header; rename or remove the extra column"
         )
-    if not set(columns) <= set(names):
+    missing = {key: column for key, column in columns.items() if column not in names}
+    if missing:
         found = ", ".join(map(repr, names)) or "(none)"
         if len(found) > _FOUND:
             found = found[: _FOUND - 1] + "…"
-        raise DataError(
-            f"data file {path!r} has no column {columns[0]!r} or {columns[1]!r} (found: {found}); "
-            "set data.text_column / data.label_column"
-        )
+        text, label = columns["data.text_column"], columns["data.label_column"]
+        if set(missing) & {"data.text_column", "data.label_column"}:
+            raise DataError(f"data file {path!r} has no column {text!r} or {label!r} (found: {found}); "
+                            "set data.text_column / data.label_column")
+        raise DataError(f"data file {path!r} has no column {missing['data.slice_column']!r} (found: {found}); "
+                        "add the column to the file, or set or remove data.slice_column")
 
 
 def held_out_mask(texts: pd.Series, fraction: float) -> pd.Series:
@@ -241,9 +251,10 @@ def write_frame(frame: pd.DataFrame, path: Path) -> None:
 
 def read_frame(path: Path) -> pd.DataFrame:
     """Read a normalized frame written by `write_frame`."""
-    frame = pd.read_json(path, orient="records", lines=True, dtype={"text": str, "label": str, "malformed": str})
+    strings = {"text": str, "label": str, "malformed": str, "slice": str}
+    frame = pd.read_json(path, orient="records", lines=True, dtype=strings)
     if frame.empty:
         return pd.DataFrame(columns=COLUMNS)
     if "malformed" not in frame:  # a snapshot from before the column; it held only validated rows
         frame["malformed"] = ""
-    return frame[COLUMNS]
+    return frame[COLUMNS + (["slice"] if "slice" in frame else [])]

@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 CHECKS = (
     "empty_dataset", "too_few_rows",
     "undecodable", "invalid_unicode", "not_a_string", "control_characters", "too_long",
-    "missing_text", "missing_label", "label_whitespace", "unknown_label",
+    "missing_text", "missing_label", "missing_slice", "label_whitespace", "unknown_label",
     "single_class", "label_set_changed",
     "overlap", "conflicting_labels", "duplicate",
 )
@@ -303,14 +303,18 @@ def _frame_problems(
 
 
 def _row_problems(frame: pd.DataFrame, split: str) -> list[Problem]:
-    """Undecodable bytes, missing text, missing label: one problem per row and check."""
+    """Undecodable bytes, missing text, missing label, and a missing slice on a held-out row (the
+    gate's per-slice checks read it there): one problem per row and check."""
     # a JSON array or object is reported as not_a_string, not also as an empty value
-    nested = {field: frame["malformed"].str.contains(f"{field}:(?:array|object)") for field in ("text", "label")}
-    checks = (
+    nested = {field: frame["malformed"].str.contains(f"{field}:(?:array|object)") for field in ("text", "label", "slice")}
+    checks = [
         ("undecodable", frame["undecodable"], "bytes that are not UTF-8; re-save the file as UTF-8"),
         ("missing_text", ~frame["has_text"] & ~nested["text"], "text is empty; fill in the text or remove the row"),
         ("missing_label", ~frame["has_label"] & ~nested["label"], "label is empty; label the row or remove it"),
-    )
+    ]
+    if "slice" in frame and split == "held_out":
+        checks.append(("missing_slice", ~_present(frame["slice"]) & ~nested["slice"],
+                       "slice is empty (data.slice_column); name the row's slice or remove the row"))
     problems = []
     for check, mask, what in checks:
         for row in frame.loc[mask, "row"]:
