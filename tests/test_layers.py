@@ -47,8 +47,10 @@ def test_each_sdk_has_one_owner(sdk, owner):
     assert importers <= {owner}, f"{sdk} is imported by {sorted(importers)}; only {owner} may"
 
 
-def test_gate_imports_no_sdk():
-    third_party = {m.split(".")[0] for m in imported_modules(CORE / "gate.py")} - {"tuneloop", "__future__", "dataclasses"}
+@pytest.mark.parametrize("name", ["gate.py", "policy.py"])
+def test_pure_decisions_import_no_sdk(name):
+    third_party = {m.split(".")[0] for m in imported_modules(CORE / name)} - {
+        "tuneloop", "__future__", "dataclasses", "datetime", "typing"}
     assert not third_party
 
 

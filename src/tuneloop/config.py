@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import unicodedata
 from pathlib import Path, PurePosixPath
@@ -80,6 +81,27 @@ def _two_or_more(values: list[str] | None) -> list[str] | None:
     if values is not None and len(values) < 2:
         raise PydanticCustomError("one_label", "lists fewer than two labels; a classifier needs at least two")
     return values
+
+
+SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(least: str, most: str) -> BeforeValidator:
+    """Accept whole seconds or text such as 90s, 15m, 6h, 2d, within [least, most]; store seconds."""
+
+    def seconds(value: Any) -> Any:
+        if isinstance(value, str):
+            found = re.fullmatch(r"(\d+)([smhd])", value.strip())
+            if found is None:
+                raise PydanticCustomError("duration", "must be whole seconds or a duration such as 90s, 15m, 6h or 2d")
+            value = int(found[1]) * SECONDS[found[2]]
+        # bool is an int to Python; leave it to the strict int check, which refuses it
+        if isinstance(value, int) and not isinstance(value, bool) and not low <= value <= high:
+            raise PydanticCustomError("duration_range", "must be from {least} to {most}", {"least": least, "most": most})
+        return value
+
+    low, high = (int(text[:-1]) * SECONDS[text[-1]] for text in (least, most))
+    return BeforeValidator(seconds, json_schema_input_type=int | str)
 
 
 # A string that names something (a column, a file, a module, a label): never empty or blank.
@@ -319,6 +341,78 @@ class RegistryConfig(_Strict):
         return _resolve(value, info)
 
 
+class MonitorConfig(_Strict):
+    """How live traffic is watched: window sizes and the calibration of every drift signal."""
+
+    false_alarm_rate: float = Field(
+        0.01, gt=0.0, le=0.5,
+        description="Share of windows from the reference distribution itself that may alarm; each signal's "
+                    "score is compared with its null distribution at the window's size.",
+    )
+    min_window_rows: int = Field(
+        100, ge=10, le=10**7, description="Fewest logged rows to score a window; with fewer the monitor waits."
+    )
+    max_window_rows: int = Field(
+        10_000, ge=10, le=10**7, description="Most rows in a window (the newest); 10,000 scores in under 10 s on 2 cores.",
+    )
+    null_resamples: int = Field(
+        200, ge=20, le=100_000,
+        description="Resamples of the reference per window size for each signal's null distribution; 200 gives "
+                    "p-values in steps of 1/201 (~0.005), fine enough for false_alarm_rate 0.01.",
+    )
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Seeds the resampling, so an alarm is reproducible.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "MonitorConfig":
+        if self.min_window_rows > self.max_window_rows:
+            raise ValueError(
+                f"monitor.min_window_rows={self.min_window_rows} is above monitor.max_window_rows="
+                f"{self.max_window_rows}; lower min_window_rows or raise max_window_rows"
+            )
+        # A calibrated p-value is (1 + exceedances) / (resamples + 1), so it never drops below
+        # 1 / (resamples + 1): with too few resamples no window could ever alarm.
+        smallest = 1 / (self.null_resamples + 1)
+        if smallest > self.false_alarm_rate:
+            needed = math.ceil(1 / self.false_alarm_rate) - 1
+            raise ValueError(
+                f"monitor.null_resamples={self.null_resamples} cannot reach monitor.false_alarm_rate="
+                f"{self.false_alarm_rate}: the smallest calibrated p-value is 1/{self.null_resamples + 1} = "
+                f"{smallest:.4g}; raise null_resamples to at least {needed} or raise false_alarm_rate"
+            )
+        return self
+
+
+class PolicyConfig(_Strict):
+    """When the monitor acts on its signals (see `tuneloop.policy` for the rules and their order).
+
+    Durations are whole seconds or text such as 90s, 15m, 6h, 2d, and are stored as seconds.
+    """
+
+    cooldown: Annotated[int, _duration("0s", "30d")] = Field(
+        "1h",
+        description="Quiet time after an action: no retrain within it of any action, no rollback within it "
+                    "of a rollback; 0 disables.",
+    )
+    max_retrains: int = Field(3, ge=1, le=1000, description="Most retrains within `retrain_window`.")
+    retrain_window: Annotated[int, _duration("1m", "90d")] = Field(
+        "1d", description="The sliding window `max_retrains` counts over."
+    )
+    min_new_rows: int = Field(
+        200, ge=1, le=10**9,
+        description="Fewest newly labelled rows before a retrain; retraining on the same data only repeats "
+                    "the same model.",
+    )
+    dedup_window: Annotated[int, _duration("0s", "30d")] = Field(
+        "6h",
+        description="An action already taken for the same champion (same dedup key) within it is not taken "
+                    "again, however many alarms repeat it; 0 disables.",
+    )
+    auto_retrain: bool = Field(True, description="Retrain on drift or degradation; false leaves it to an operator.")
+    auto_rollback: bool = Field(
+        True, description="Roll back to the previous champion when it is better; false retrains instead."
+    )
+
+
 class RuntimeConfig(_Strict):
     """Where pipelines run and on what hardware."""
 
@@ -354,6 +448,8 @@ class Config(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
 
     def to_json(self) -> str:
