@@ -1,5 +1,6 @@
 """Promotion against a real `mlflow server` on the loopback PostgreSQL: the compare-and-set race,
-crash injection between the registry writes, rollback and history.
+crash injection between the registry writes of a promotion, a rollback and a challenger move,
+rollback and history.
 
 The server gets a database of its own per test session (created here, dropped after), and every
 client talks to it through the REST API alone, as pipeline steps on a cluster do.
@@ -7,6 +8,7 @@ client talks to it through the REST API alone, as pipeline steps on a cluster do
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import os
 import signal
@@ -15,8 +17,10 @@ import subprocess
 import sys
 import time
 import uuid
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -131,9 +135,9 @@ def test_twenty_racing_promotions_have_exactly_one_winner(cfg, adapter):  # noqa
         assert all(e.status != ledger.PENDING for e in registry.history(cfg))
 
 
-def _writes_killed_after(cfg: RegistryConfig, limit: int, adapter_dir: Path, expected: str | None, trace: Path) -> None:
-    """In a forked child: register and promote a candidate, SIGKILLing this process right after write
-    number `limit`; the writes made are traced to `trace`, one "method model" per line."""
+def _writes_killed_after(operation: Callable[[], object], limit: int, trace: Path) -> None:
+    """In a forked child: run `operation`, SIGKILLing this process right after registry write number
+    `limit`; the writes made are traced to `trace`, one "method model" per line."""
     _fresh_connections()
     made = registry._client
 
@@ -159,25 +163,33 @@ def _writes_killed_after(cfg: RegistryConfig, limit: int, adapter_dir: Path, exp
         return Counting()
 
     registry._client = client  # this child only: it was forked, the parent keeps the real one
-    registered = registry.register(cfg, candidate(adapter_dir), f"crash-{limit}")
-    registry.promote(cfg, registered.version, expected, why=f"crash after write {limit}", by="crasher")
+    operation()
     os._exit(0)
 
 
-def _run_child(context, cfg: RegistryConfig, limit: int, adapter_dir: Path, trace: Path) -> int:
+def _run_child(context, operation: Callable[[], object], limit: int, trace: Path) -> int:
+    """Run `operation` in a forked child killed after write `limit` (see `_writes_killed_after`); return its exit code."""
     trace.unlink(missing_ok=True)
-    child = context.Process(target=_writes_killed_after,
-                            args=(cfg, limit, adapter_dir, registry.alias_of(cfg, registry.CHAMPION), trace))
+    # A fork hands the child `operation` as it is, closures and all: nothing is pickled.
+    child = context.Process(target=_writes_killed_after, args=(operation, limit, trace))
     child.start()
     child.join(120)
     return child.exitcode
+
+
+def _register_and_promote(cfg: RegistryConfig, adapter_dir: Path, limit: int) -> None:
+    """Register a candidate and promote it over the champion as it is now."""
+    expected = registry.alias_of(cfg, registry.CHAMPION)
+    registered = registry.register(cfg, candidate(adapter_dir), f"crash-{limit}")
+    registry.promote(cfg, registered.version, expected, why=f"crash after write {limit}", by="crasher")
 
 
 def test_a_promotion_killed_between_any_two_writes_leaves_a_consistent_registry(cfg, adapter, tmp_path):  # noqa: F811
     registry.register(cfg, candidate(adapter), "champion-run")
     registry.promote(cfg, "1", None, why="first", by="setup")
     context, trace = multiprocessing.get_context("fork"), tmp_path / "writes.txt"
-    assert _run_child(context, cfg, 10**6, adapter, trace) == 0  # one whole run, to trace its writes
+    whole = functools.partial(_register_and_promote, cfg, adapter, 0)
+    assert _run_child(context, whole, 10**6, trace) == 0  # one whole run, to trace its writes
     writes = trace.read_text().splitlines()
     # Kill right after each write from the version's creation (register's last) to promote's last.
     first = writes.index(f"create_model_version {cfg.model_name}")
@@ -190,7 +202,8 @@ def test_a_promotion_killed_between_any_two_writes_leaves_a_consistent_registry(
     ]
     for limit in points:
         before = registry.alias_of(cfg, registry.CHAMPION)
-        assert _run_child(context, cfg, limit, adapter, trace) == -signal.SIGKILL
+        promotion = functools.partial(_register_and_promote, cfg, adapter, limit)
+        assert _run_child(context, promotion, limit, trace) == -signal.SIGKILL
         newest = registry.latest_version(cfg)
         after = registry.alias_of(cfg, registry.CHAMPION)
         assert after in (before, newest), (limit, before, after, newest)
@@ -207,6 +220,106 @@ def test_a_promotion_killed_between_any_two_writes_leaves_a_consistent_registry(
     final = registry.register(cfg, candidate(adapter), "after-crashes").version
     registry.promote(cfg, final, registry.alias_of(cfg, registry.CHAMPION), why="after the crashes", by="setup")
     assert registry.alias_of(cfg, registry.CHAMPION) == final
+
+
+def _assert_settled(cfg: RegistryConfig, limit: int, before: list[ledger.Entry], move: tuple[str, str, str, str],
+                    points_at: str, status: str, settled: str | None) -> None:
+    """Assert what an alias move killed after write `limit` left behind, and that `repair` settles it.
+
+    Args:
+        cfg: The registry.
+        limit: The kill point, for the failure messages.
+        before: The ledger before the killed move (no claim pending).
+        move: The killed move's claim as (kind, alias, from, to).
+        points_at: The version the alias must point at after the kill.
+        status: The claim's status right after the kill.
+        settled: What `repair` must settle the claim as; None when it must find nothing to settle.
+    """
+    entries = registry.history(cfg)
+    claim = entries[-1]
+    assert len(entries) == len(before) + 1, (limit, entries[len(before):])  # one claim, the killed move's
+    assert entries[:-1] == before, limit  # and no earlier claim touched
+    assert (claim.kind, claim.alias, claim.from_version, claim.to_version, claim.status) == (*move, status), limit
+    assert registry.alias_of(cfg, claim.alias) == points_at, limit
+    # The full lease: the claim is settled at once only because its owner is a dead process on this host.
+    repaired = registry.repair(cfg, lease=ledger.LEASE_SECONDS)
+    assert [(c["number"], c["status"]) for c in repaired["claims"]] == ([(claim.number, settled)] if settled else []), limit
+    assert repaired["versions"] == [], limit
+    entries = registry.history(cfg)
+    assert [e for e in entries if e.status == ledger.PENDING] == [], limit
+    assert entries == [*before, replace(claim, status=settled or status)], limit
+    # The alias moved together with its record, or neither did: the newest completed move names it.
+    newest = ledger.history(entries, claim.alias)[-1]
+    assert newest == (entries[-1] if points_at == claim.to_version else ledger.history(before, claim.alias)[-1]), limit
+    assert newest.to_version == points_at, limit
+
+
+def test_a_rollback_killed_between_any_two_writes_leaves_a_consistent_registry(cfg, adapter, tmp_path):  # noqa: F811
+    for run in range(2):
+        registry.register(cfg, candidate(adapter), f"run-{run}")
+    registry.promote(cfg, "1", None, why="first", by="setup")
+    registry.promote(cfg, "2", "1", why="second", by="setup")
+    context, trace = multiprocessing.get_context("fork"), tmp_path / "writes.txt"
+    rollback = functools.partial(registry.rollback, cfg, "crash", by="crasher")
+    assert _run_child(context, rollback, 10**6, trace) == 0  # one whole run, to trace its writes
+    name = cfg.model_name
+    assert trace.read_text().splitlines() == [
+        f"create_model_version {name}.ledger",  # the claim
+        f"set_registered_model_alias {name}",  # champion 2 -> 1
+        f"set_model_version_tag {name}.ledger",  # the claim done
+        f"set_model_version_tag {name}",  # version 2 rolled back
+    ]
+    # Per kill point: the champion and the claim's status right after the kill, what repair settles
+    # the claim as, and version 2's promotion state; `rolled back` is the last write, so a kill
+    # before it leaves `promoted` (it was champion; the alias and the ledger say it no longer is).
+    outcomes = {
+        1: ("2", ledger.PENDING, ledger.ABORTED, "promoted"),
+        2: ("1", ledger.PENDING, ledger.DONE, "promoted"),
+        3: ("1", ledger.DONE, None, "promoted"),
+        4: ("1", ledger.DONE, None, "rolled back"),
+    }
+    for limit, (champion, status, settled, state) in outcomes.items():
+        registry.promote(cfg, "2", "1", why="champion again", by="setup")
+        before = registry.history(cfg)
+        assert _run_child(context, rollback, limit, trace) == -signal.SIGKILL
+        _assert_settled(cfg, limit, before, ("rollback", registry.CHAMPION, "2", "1"), champion, status, settled)
+        assert registry.show(cfg, "2")["promotion"] == state, limit
+        # A fresh rollback proceeds, or finds the killed one done and moves nothing.
+        again = registry.rollback(cfg, "after the crash", by="setup")
+        assert again == (("2", "1") if champion == "2" else ("1", None)), limit
+        assert registry.alias_of(cfg, registry.CHAMPION) == "1", limit
+        assert len(registry.history(cfg)) == len(before) + (2 if champion == "2" else 1), limit
+
+
+def test_a_challenger_move_killed_between_any_two_writes_leaves_a_consistent_registry(cfg, adapter, tmp_path):  # noqa: F811
+    for run in range(3):
+        registry.register(cfg, candidate(adapter), f"run-{run}")
+    registry.promote(cfg, "1", None, why="first", by="setup")
+    registry.make_challenger(cfg, "2", "second", by="setup")
+    context, trace = multiprocessing.get_context("fork"), tmp_path / "writes.txt"
+    challenge = functools.partial(registry.make_challenger, cfg, "3", "crash", by="crasher")
+    assert _run_child(context, challenge, 10**6, trace) == 0  # one whole run, to trace its writes
+    name = cfg.model_name
+    assert trace.read_text().splitlines() == [
+        f"create_model_version {name}.ledger",  # the claim
+        f"set_registered_model_alias {name}",  # challenger 2 -> 3
+        f"set_model_version_tag {name}.ledger",  # the claim done
+    ]
+    # Per kill point: the challenger and the claim's status right after the kill, and what repair settles the claim as.
+    outcomes = {1: ("2", ledger.PENDING, ledger.ABORTED), 2: ("3", ledger.PENDING, ledger.DONE), 3: ("3", ledger.DONE, None)}
+    for limit, (challenger, status, settled) in outcomes.items():
+        # make_challenger logs a lost move instead of raising, so each one is checked on the alias.
+        registry.make_challenger(cfg, "2", "challenger again", by="setup")
+        assert registry.alias_of(cfg, registry.CHALLENGER) == "2", limit
+        before = registry.history(cfg)
+        assert _run_child(context, challenge, limit, trace) == -signal.SIGKILL
+        _assert_settled(cfg, limit, before, ("challenger", registry.CHALLENGER, "2", "3"), challenger, status, settled)
+        assert registry.alias_of(cfg, registry.CHAMPION) == "1", limit
+        # A fresh move proceeds from wherever the killed one left the alias.
+        registry.make_challenger(cfg, "3", "after the crash", by="setup")
+        fresh = registry.history(cfg)[-1]
+        assert (fresh.kind, fresh.from_version, fresh.to_version, fresh.status) == ("challenger", challenger, "3", "done"), limit
+        assert registry.alias_of(cfg, registry.CHALLENGER) == "3", limit
 
 
 def test_rollback_twice_moves_once_and_history_at_answers_across_moves(cfg, adapter):  # noqa: F811
