@@ -292,3 +292,66 @@ def test_a_sound_adapter_and_a_real_safetensors_file_pass(setup, tmp_path):
     adapter = copy_adapter(setup.good, tmp_path / "adapter")
     save_file({"a": torch.zeros(3, 2), "b": torch.ones(1)}, str(adapter / "extra.safetensors"))
     modeling.check_adapter_files(adapter)  # raises on failure
+
+
+# --- predict --log: the traffic log in batch ------------------------------------------------------
+
+
+def test_predict_log_appends_one_row_per_text_with_the_version_it_served(setup, tmp_path):
+    from datetime import datetime, timezone
+
+    from tuneloop import traffic
+
+    log = tmp_path / "traffic.jsonl"
+    before = datetime.now(timezone.utc)
+    run = cli("predict", *TEXTS, "--json", "--log", str(log), "--config", str(setup.config))
+    after = datetime.now(timezone.utc)
+    assert run.returncode == 0, run.stderr
+    printed = json.loads(run.stdout)
+    window = traffic.read_window(log)
+    labels, scores, _ = evaluation.predict_scored(setup.good, TEXTS, "cpu")
+    assert window.skipped.total == 0
+    assert [row.request_id for row in window.rows] == [row["request_id"] for row in printed]
+    assert len({row.request_id for row in window.rows}) == len(TEXTS)
+    assert all(re.fullmatch(r"[0-9a-f]{32}", row.request_id) for row in window.rows)
+    assert [(row.model, row.model_version, row.text, row.prediction) for row in window.rows] == [
+        ("test-model", "1", text, label) for text, label in zip(TEXTS, labels)]  # the champion alias, resolved
+    assert [row.score for row in window.rows] == pytest.approx(scores, abs=1e-6)
+    assert [row["score"] for row in printed] == [round(row.score, 4) for row in window.rows]
+    # one batch: one time and the batch's mean milliseconds per row on every row
+    assert len({row.time for row in window.rows}) == 1 and before <= window.rows[0].time <= after
+    assert len({row.latency_ms for row in window.rows}) == 1 and window.rows[0].latency_ms > 0
+    again = cli("predict", "my card was declined", "--version", "1", "--log", str(log), "--config", str(setup.config))
+    assert again.returncode == 0, again.stderr
+    assert [row.text for row in traffic.read_window(log).rows] == TEXTS + ["my card was declined"]
+
+
+def test_logged_predictions_take_feedback_by_request_id(setup, tmp_path):
+    from tuneloop import feedback, traffic
+
+    log = tmp_path / "traffic.jsonl"
+    assert cli("predict", *TEXTS[:3], "--log", str(log), "--config", str(setup.config)).returncode == 0
+    rows = traffic.read_window(log).rows
+    labels = tmp_path / "labels.csv"
+    labels.write_text(f"request_id,label\n{rows[2].request_id},{synthetic.LABELS[0]}\n{rows[0].request_id},{synthetic.LABELS[1]}\n")
+    run = cli("feedback", "add", str(labels), "--log", str(log), "--config", str(setup.config))
+    assert run.returncode == 0, run.stderr
+    frame = feedback.labelled_rows(log)
+    assert frame[["request_id", "text", "label", "model_version"]].values.tolist() == [
+        [rows[2].request_id, TEXTS[2], synthetic.LABELS[0], "1"], [rows[0].request_id, TEXTS[0], synthetic.LABELS[1], "1"]]
+
+
+@pytest.mark.parametrize("name, texts, message", [
+    ("traffic.csv", ["hello"], "error: DataError: traffic log 'LOG' is not a .jsonl file; name it e.g. traffic.jsonl"),
+    ("traffic.jsonl", ["hello", "x" * 100_001], "error: DataError: text 2 is 100,001 characters, over the limit of 100,000, "
+     "so the traffic log cannot hold it; fix it, or predict without --log"),
+    ("traffic.jsonl", [b"caf\xe9"], "error: DataError: text 1 holds a lone surrogate, which is not valid Unicode, so the "
+     "traffic log cannot hold it; fix it, or predict without --log"),
+])
+def test_predict_log_refuses_before_predicting_and_writes_nothing(setup, tmp_path, name, texts, message):
+    log = tmp_path / name
+    run = subprocess.run([TUNELOOP, "predict", *texts, "--log", str(log), "--config", str(setup.config)],
+                         capture_output=True, timeout=600)
+    run = subprocess.CompletedProcess(run.args, run.returncode, run.stdout.decode(), run.stderr.decode())
+    assert one_error_line(run) == message.replace("LOG", str(log))
+    assert not log.exists()

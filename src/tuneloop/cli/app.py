@@ -13,6 +13,7 @@ import typer
 from tuneloop import cycle, registry, workspace
 from tuneloop.cli import config as config_cli
 from tuneloop.cli import data as data_cli
+from tuneloop.cli import feedback as feedback_cli
 from tuneloop.cli import pipeline as pipeline_cli
 from tuneloop.cli import predict as predict_cli
 from tuneloop.cli import registry as registry_cli
@@ -29,6 +30,7 @@ app.add_typer(config_cli.app, name="config")
 app.add_typer(data_cli.app, name="data")
 app.add_typer(registry_cli.app, name="registry")
 app.add_typer(pipeline_cli.app, name="pipeline")
+app.add_typer(feedback_cli.app, name="feedback")
 app.command("train")(train_cli.train)
 app.command("evaluate")(train_cli.evaluate)
 app.command("gate")(train_cli.gate)

@@ -6,12 +6,13 @@ import csv
 import io
 import json
 import tempfile
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
 
-from tuneloop import evaluation, modeling, registry
+from tuneloop import evaluation, modeling, registry, traffic
 from tuneloop.cli.context import CONFIG_HELP, config_for
 from tuneloop.cli.output import show_json
 from tuneloop.config import Config
@@ -27,20 +28,33 @@ def predict(
     alias: Optional[str] = typer.Option(None, "--alias", help="champion or challenger (default: champion)."),
     version: Optional[int] = typer.Option(None, "--version", min=1, help="A version number, instead of --alias."),
     config: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP),
-    as_json: bool = typer.Option(False, "--json", help="Print a JSON list of {text, label, score}."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON list of {text, label, score} (and request_id with --log)."),
+    log: Optional[Path] = typer.Option(
+        None, "--log", help="Append one traffic-log row per text to this .jsonl file (latency_ms: the batch's mean per row)."),
 ) -> None:
     """Classify texts with a registered version: label, probability of the label, text."""
     cfg = config_for(config)
     ref = _ref(alias, version)
     rows = _inputs(texts or [], file, cfg.data.text_column)
+    if log is not None:  # before any work: a log that cannot take the rows fails in one line, nothing predicted
+        traffic.check_log(log)
+        _check_loggable(rows)
     with tempfile.TemporaryDirectory(prefix="tuneloop-predict-") as scratch:
         fetched = registry.fetch(cfg.registry, ref, Path(scratch) / "version")
         try:
-            labels, scores = _scored(fetched, rows, cfg)
+            labels, scores, latency_ms = _scored(fetched, rows, cfg)
         except RegistryError as exc:
             raise RegistryError(f"version {fetched.version} of {cfg.registry.model_name}: {exc}") from exc
+    results = [{"text": t, "label": lab, "score": round(s, 4)} for t, lab, s in zip(rows, labels, scores)]
+    if log is not None:
+        served = datetime.now(timezone.utc)  # one time for the batch: when its predictions were made
+        logged = [traffic.TrafficRow(traffic.new_request_id(), served, cfg.registry.model_name, fetched.version, text, label,
+                                     score, latency_ms) for text, label, score in zip(rows, labels, scores)]
+        with traffic.TrafficWriter(log) as writer:
+            writer.append(logged)
+        results = [{"request_id": row.request_id, **result} for row, result in zip(logged, results)]
     if as_json:
-        show_json([{"text": t, "label": lab, "score": round(s, 4)} for t, lab, s in zip(rows, labels, scores)])
+        show_json(results)
         return
     width = max(map(len, labels))
     for text, label, score in zip(rows, labels, scores):
@@ -116,12 +130,20 @@ def _json_text(file: Path, number: int, line: str, column: str) -> Any:
     return record.get(column) if isinstance(record, dict) else None
 
 
-def _scored(fetched: registry.Fetched, texts: list[str], cfg: Config) -> tuple[list[str], list[float]]:
-    """Predict each text's label and its softmax probability, with the adapter on the config's base model."""
+def _check_loggable(texts: list[str]) -> None:
+    """Refuse texts the traffic log cannot hold (too long, or not valid Unicode) before predicting any."""
+    for number, text in enumerate(texts, start=1):
+        problem = traffic.text_problem(text)
+        if problem:
+            raise DataError(f"text {number} {problem}, so the traffic log cannot hold it; fix it, or predict without --log")
+
+
+def _scored(fetched: registry.Fetched, texts: list[str], cfg: Config) -> tuple[list[str], list[float], float]:
+    """Predict each text's label and its softmax probability, and the mean milliseconds per text, with the
+    adapter on the config's base model."""
     meta = modeling.read_adapter_meta(fetched.adapter_dir)
     if meta.labels != fetched.labels:
         raise RegistryError(f"the adapter's labels {meta.labels} differ from the version's labels tag {fetched.labels}; "
                             "re-register the adapter")
     device = modeling.pick_device(cfg.runtime.device)
-    labels, scores, _ = evaluation.predict_scored(fetched.adapter_dir, texts, device, cfg.train.eval_batch_size, base=cfg.model.base)
-    return labels, scores
+    return evaluation.predict_scored(fetched.adapter_dir, texts, device, cfg.train.eval_batch_size, base=cfg.model.base)
