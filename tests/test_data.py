@@ -796,3 +796,19 @@ def test_prepare_names_a_held_out_row_without_a_slice(sliced, tmp_path):
         "(data.slice_column); name the row's slice or remove the row"
     )
     assert [(p["check"], p["split"], p["row"]) for p in report["problems"]] == [("missing_slice", "held_out", 3)]
+
+
+def test_a_snapshot_made_without_the_slice_column_is_refused_before_scoring(sliced, tmp_path):
+    from tuneloop import cycle
+
+    root, revs = sliced
+    cfg = load_config(root / "tuneloop.yaml")
+    plain = cfg.data.model_copy(update={"eval_path": "data/eval.csv"})
+    data.prepare(plain, revs["eval"], tmp_path / "snap")
+    sliced_cfg = cfg.model_copy(update={"data": plain.model_copy(update={"slice_column": "region"})})
+    with pytest.raises(DataError) as caught:
+        cycle.evaluate_step(sliced_cfg, tmp_path / "snap", tmp_path / "no-adapter", tmp_path / "work")
+    assert str(caught.value) == (
+        f"the snapshot in {tmp_path / 'snap'} was made with data.slice_column None, the config has 'region'; "
+        f"recreate it with `tuneloop data validate --out {tmp_path / 'snap'}` under this config"
+    )

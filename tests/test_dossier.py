@@ -50,7 +50,8 @@ def evidence() -> dict:
                              "ci_low_points": -1.5, "ci_high_points": 20.0, "margin": 1.0},
             },
             "mcnemar": {"b": 3, "c": 3, "p_value": 0.0312},
-            "slices": [{"slice": "billing", "rows": 40, "delta_points": -0.004, "gated": True, "passed": True}],
+            "slices": [{"slice": "billing", "rows": 40, "metric": "accuracy", "delta_points": -0.004,
+                        "ci_high_points": 7.5, "gated": True, "passed": True}],
         },
         "candidate": report(["a", "b", "c"], [[3, 1, 1], [1, 1, 1], [0, 0, 0]], {"a": 0.66667, "b": 0.4},
                             [r[3] for r in ROWS]),
@@ -221,7 +222,8 @@ def test_confusion_matrices_align_by_label_name():
 
 def test_slices_data_and_config_sections(tmp_path):
     page = dossier.write(tmp_path, evidence())[0].read_text()
-    assert "<tr><td>billing</td><td>40</td><td>+0.00</td><td>yes</td><td>yes</td></tr>" in section(page, "slices")
+    assert ("<tr><td>billing</td><td>40</td><td>accuracy</td><td>+0.00</td><td>+7.50</td><td>yes</td><td>yes</td></tr>"
+            in section(page, "slices"))
     data = section(page, "data")
     assert "Revision abc123 → def456; rows 4 → 5." in data
     assert "<tr><td>added</td><td>3</td></tr><tr><td>removed</td><td>2</td></tr>" in data

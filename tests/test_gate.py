@@ -283,16 +283,32 @@ def test_a_slice_that_regresses_past_the_margin_fails_the_candidate():
     assert not decision.passed
     assert all(decision.stats[m]["passed"] for m in ("accuracy", "macro_f1"))
     assert decision.reasons[3:] == [
-        "slice 'apac' (40 rows): accuracy 0.5000 vs 0.9000 (-40.00 points), macro_f1 0.5000 vs 0.9000 "
-        "(-40.00 points); accuracy regresses more than gate.margin=1.0 points",
-        "slice 'emea' (360 rows): accuracy 0.9722 vs 0.7500 (+22.22 points), macro_f1 0.9722 vs 0.7500 "
-        "(+22.22 points); no drop past gate.margin=1.0 points",
+        "slice 'apac' (40 rows): accuracy 0.5000 vs 0.9000 (-40.00 points, 95% CI [-55.00, -25.00]), macro_f1 "
+        "0.5000 vs 0.9000 (-40.00 points, 95% CI [-55.60, -25.14]); macro_f1 shown to drop past gate.margin=1.0 "
+        "points (upper bound -25.14)",
+        "slice 'emea' (360 rows): accuracy 0.9722 vs 0.7500 (+22.22 points, 95% CI [+17.50, +26.94]), macro_f1 "
+        "0.9722 vs 0.7500 (+22.22 points, 95% CI [+17.51, +26.94]); no drop past gate.margin=1.0 points shown",
     ]
     assert decision.slices[0] == {
-        "slice": "apac", "rows": 40, "gated": True, "passed": False, "metric": "accuracy", "delta_points": -40.0,
-        "metrics": {"accuracy": {"candidate": 0.5, "champion": 0.9, "delta_points": -40.0},
-                    "macro_f1": {"candidate": 0.5, "champion": 0.9, "delta_points": -40.0}},
+        "slice": "apac", "rows": 40, "gated": True, "passed": False, "metric": "macro_f1", "delta_points": -40.0,
+        "ci_high_points": -25.140969,
+        "metrics": {"accuracy": {"candidate": 0.5, "champion": 0.9, "delta_points": -40.0,
+                                 "ci_low_points": -55.0, "ci_high_points": -25.0},
+                    "macro_f1": {"candidate": 0.5, "champion": 0.9, "delta_points": -40.0,
+                                 "ci_low_points": -55.603955, "ci_high_points": -25.140969}},
     }
+
+
+def test_a_small_slice_drop_that_chance_explains_does_not_fail_the_candidate():
+    # apac: 2 rows only the champion gets right, 1 only the candidate: -2.5 points on 40 rows
+    candidate, champion = sliced({"emea": (265, 85, 5, 5), "apac": (30, 1, 2, 7)})
+
+    decision = decide(candidate, champion, OPEN)
+
+    assert decision.passed
+    [apac] = [s for s in decision.slices if s["slice"] == "apac"]
+    assert (apac["gated"], apac["passed"], apac["metrics"]["accuracy"]["delta_points"]) == (True, True, -2.5)
+    assert (apac["metrics"]["accuracy"]["ci_low_points"], apac["ci_high_points"]) == (-12.5, 5.0)  # no drop shown
 
 
 def test_a_slice_below_min_slice_rows_is_reported_but_not_gated():
@@ -302,8 +318,9 @@ def test_a_slice_below_min_slice_rows_is_reported_but_not_gated():
 
     assert decision.passed
     assert decision.reasons[3] == (
-        "slice 'apac' (40 rows): accuracy 0.5000 vs 0.9000 (-40.00 points), macro_f1 0.5000 vs 0.9000 "
-        "(-40.00 points); fewer than gate.min_slice_rows=41 rows: reported, not gated"
+        "slice 'apac' (40 rows): accuracy 0.5000 vs 0.9000 (-40.00 points, 95% CI [-55.00, -25.00]), macro_f1 "
+        "0.5000 vs 0.9000 (-40.00 points, 95% CI [-55.60, -25.14]); fewer than gate.min_slice_rows=41 rows: "
+        "reported, not gated"
     )
     assert [(s["slice"], s["gated"], s["passed"]) for s in decision.slices] == [("apac", False, True), ("emea", True, True)]
 

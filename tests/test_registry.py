@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import os
 import shutil
 import socket
 from pathlib import Path
@@ -104,6 +105,7 @@ def test_register_records_the_run(cfg, adapter):
     assert run.data.metrics["macro_f1"] == 0.8
     assert run.data.params["r"] == "8"
     assert run.data.tags["tuneloop.data_rev"] == "0123abcd"
+    assert "tuneloop.promotion" not in run.data.tags  # the state is the version's; a run's would go stale
     artifacts = sorted(a.path for a in client.list_artifacts(registered.run_id, "adapter"))
     assert artifacts == ["adapter/adapter_config.json", "adapter/adapter_model.safetensors"]
     assert [a.path for a in client.list_artifacts(registered.run_id, "reports")] == ["reports/gate.json"]
@@ -127,6 +129,51 @@ def test_promote_moves_the_champion(cfg, adapter):
     assert champion_of(cfg) == "1"  # registering a better candidate is not promoting it
     assert registry.promote(cfg, "2", "1", why="macro_f1 0.90 vs 0.80", by="bob") == "1"
     assert champion_of(cfg) == "2"
+
+
+def test_promoting_the_champion_over_itself_writes_nothing(cfg, adapter):
+    registry.register(cfg, candidate(adapter), "run-1")
+    registry.register(cfg, candidate(adapter, macro_f1=0.9), "run-2")
+    registry.promote(cfg, "1", None, why="first", by="alice")
+    registry.promote(cfg, "2", "1", why="second", by="bob")
+
+    assert registry.promote(cfg, "2", "2", why="again", by="carol") is None
+    assert [(e.from_version, e.to_version) for e in registry.history(cfg)] == [(None, "1"), ("1", "2")]
+    assert registry.rollback_plan(cfg) == ("2", "1")  # a self-move would have made 2 its own "previous"
+
+
+def test_the_version_state_is_part_of_the_record(cfg, adapter):
+    registry.register(cfg, candidate(adapter), "run-1")
+    registry.register(cfg, candidate(adapter, passed=False, macro_f1=0.3), "run-2")
+    registry.promote(cfg, "1", None, why="first", by="alice")
+
+    first, second = (registry.show(cfg, v)["record"] for v in ("1", "2"))
+    assert (first["promotion"], second["promotion"]) == ("promoted", "rejected")
+    assert first["registered_by"] == f"{socket.gethostname()}:{os.getpid()}"
+    assert first["dossier"] == ""  # this candidate carries no dossier document
+
+
+def test_repair_passes_over_versions_made_outside_tuneloop(cfg, adapter):
+    from mlflow import MlflowClient
+
+    registered = registry.register(cfg, candidate(adapter), "run-1")
+    client = MlflowClient(tracking_uri=cfg.tracking_uri, registry_uri=cfg.tracking_uri)
+    source = client.get_model_version("test-model", "1").source
+    client.create_model_version("test-model", source=source, run_id=registered.run_id)  # as the MLflow UI would
+
+    assert registry.repair(cfg, lease=0) == {"claims": [], "versions": [{"version": "1", "promotion": "orphaned"}]}
+
+
+def test_a_version_registered_before_the_state_fields_reads_without_them(cfg, adapter):
+    from mlflow import MlflowClient
+
+    registry.register(cfg, candidate(adapter), "run-1")
+    client = MlflowClient(tracking_uri=cfg.tracking_uri, registry_uri=cfg.tracking_uri)
+    for name in registry.VersionRecord.STATE:
+        client.delete_model_version_tag("test-model", "1", registry.VersionRecord.key(name))
+
+    shown = registry.show(cfg, "1")
+    assert (shown["promotion"], shown["dossier"], shown["record"]["registered_by"]) == (None, None, "")
 
 
 def test_promoting_a_rejected_version_fails(cfg, adapter):

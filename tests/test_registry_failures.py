@@ -502,3 +502,67 @@ def test_latest_version_reads_without_creating_a_store(tmp_path, cfg, adapter):
     registry.register(cfg, candidate(adapter), "run-1")
     registry.register(cfg, candidate(adapter), "run-2")
     assert registry.latest_version(cfg) == "2"
+
+
+# --- the server's clock (the alias ledger ages claims by it)
+
+
+@contextlib.contextmanager
+def clock_ahead(seconds: float, usegmt: bool = True):
+    """A loopback HTTP server whose Date header runs `seconds` ahead of this machine's clock
+    (zone "GMT", or "-0000" when not `usegmt`, which parses without a time zone)."""
+    import email.utils
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def date_time_string(self, timestamp=None) -> str:
+            return email.utils.formatdate(time.time() + seconds, usegmt=usegmt)
+
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"OK")
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize(("ahead", "usegmt"), [(300.0, True), (-300.0, True), (300.0, False)])
+def test_the_server_clock_offset_is_read_from_its_date_header(tmp_path, ahead, usegmt):
+    from tuneloop import store
+
+    with clock_ahead(ahead, usegmt) as uri:
+        offset = store.server_clock_offset_ms(server_cfg(tmp_path, uri))
+    # the header counts whole seconds: the midpoint estimate is off by at most 0.5 s plus the round trip
+    assert abs(offset - ahead * 1000) <= 1000, offset
+
+
+def test_a_local_store_is_stamped_by_this_machine_so_its_offset_is_zero(cfg):  # noqa: F811
+    from tuneloop import store
+
+    assert store.server_clock_offset_ms(cfg) == 0
+
+
+def test_a_real_mlflow_server_on_this_machine_has_no_offset(mlflow_server, tmp_path):
+    from tuneloop import store
+
+    # the same clock: what is left is the estimate's error, half the fastest round trip plus 0.5 s,
+    # and a loaded 2-core machine can take seconds to answer
+    assert abs(store.server_clock_offset_ms(server_cfg(tmp_path, mlflow_server))) <= 5000
+
+
+def test_an_unreachable_server_has_no_clock_to_read(tmp_path):
+    from tuneloop import store
+
+    uri = f"http://127.0.0.1:{free_port()}"  # bound, then closed: nothing listens there
+    fails_in_one_line(lambda: store.server_clock_offset_ms(server_cfg(tmp_path, uri), timeout=1.0),
+                      f"registry.tracking_uri: {uri} does not answer (Connection refused); "
+                      "start the tracking server or fix registry.tracking_uri")

@@ -98,7 +98,11 @@ def train_step(cfg: Config, snapshot_dir: Path, out_dir: Path) -> training.Train
 def evaluate_step(cfg: Config, snapshot_dir: Path, adapter_dir: Path, work_dir: Path) -> Evaluation:
     """Score the candidate and the current champion on the snapshot's held-out rows."""
     registry.check_store(cfg.registry)
-    _, _, held_out = data.load_snapshot(snapshot_dir)
+    snapshot, _, held_out = data.load_snapshot(snapshot_dir)
+    if snapshot.slice_column != cfg.data.slice_column:  # else the gate would judge other slices, or none, unsaid
+        raise DataError(f"the snapshot in {snapshot_dir} was made with data.slice_column {snapshot.slice_column!r}, "
+                        f"the config has {cfg.data.slice_column!r}; recreate it with `tuneloop data validate "
+                        f"--out {snapshot_dir}` under this config")
     device = pick_device(cfg.runtime.device)
     candidate = evaluation.evaluate(adapter_dir, held_out, device, cfg.train.eval_batch_size)
     champion = registry.fetch_champion(cfg.registry, work_dir / "champion")

@@ -51,6 +51,7 @@ class Snapshot:
     train_rows: int
     held_out_rows: int
     labels: list[str]
+    slice_column: str | None = None  # the held-out rows carry a `slice` column read from it
 
     def to_dict(self) -> dict:
         """Return a JSON-serializable form."""
@@ -330,7 +331,7 @@ def prepare(
     tables.write_frame(held_out, out_dir / HELD_OUT_FILE)
     snapshot = Snapshot(
         repo=cfg.repo, rev=resolved, path=cfg.path, eval_path=cfg.eval_path, sha256=hashes,
-        train_rows=len(train), held_out_rows=len(held_out), labels=report.labels,
+        train_rows=len(train), held_out_rows=len(held_out), labels=report.labels, slice_column=cfg.slice_column,
     )
     (out_dir / META_FILE).write_text(json.dumps(snapshot.to_dict(), indent=2))
     log.info("snapshot %s: %d train / %d held-out rows, labels %s", source, len(train), len(held_out), report.labels)

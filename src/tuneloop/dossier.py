@@ -279,9 +279,11 @@ def _aligned_rows(texts: list[str] | None, candidate: dict, champion: dict) -> l
 
 
 def _slices(slices: list[dict]) -> Section:
-    rows = [[s["slice"], str(s["rows"]), _points(s.get("delta_points")), "yes" if s.get("gated") else "no",
-             "yes" if s.get("passed") else "no"] for s in slices]
-    return Section("slices", "Slices", [("table", Table(["slice", "rows", "delta (points)", "gated", "passed"], rows))])
+    rows = [[s["slice"], str(s["rows"]), s.get("metric", ""), _points(s.get("delta_points")),
+             _points(s.get("ci_high_points")), "yes" if s.get("gated") else "no", "yes" if s.get("passed") else "no"]
+            for s in slices]
+    headers = ["slice", "rows", "worst metric", "delta (points)", "95% upper bound", "gated", "passed"]
+    return Section("slices", "Slices", [("table", Table(headers, rows))])
 
 
 def _data(diff: dict | None) -> Section:

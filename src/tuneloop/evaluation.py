@@ -151,14 +151,15 @@ class Comparison:
     `intervals` maps each metric to the 95% paired-bootstrap interval of the difference, in
     points (1 point = 0.01). `b` counts the rows only the candidate gets right, `c` the rows only
     the champion gets right, `p_value` is McNemar's exact test on them. `slices` maps each slice
-    to its row count and both models' scores there ({metric: (candidate, champion)}).
+    to its row count, both models' scores there ({metric: (candidate, champion)}) and the paired
+    interval of the difference within the slice ({metric: (low, high)}, in points).
     """
 
     intervals: dict[str, tuple[float, float]]
     b: int
     c: int
     p_value: float
-    slices: dict[str, tuple[int, dict[str, tuple[float, float]]]]
+    slices: dict[str, tuple[int, dict[str, tuple[float, float]], dict[str, tuple[float, float]]]]
 
 
 def mcnemar(b: int, c: int) -> float:
@@ -226,25 +227,34 @@ def compare(candidate: EvalReport, champion: EvalReport, draws: int = 1000, seed
         DataError: when a report lacks per-row results or the two cover different rows.
     """
     y, cand, champ, k = _paired_rows(candidate, champion)
+    intervals = _paired_intervals(y, cand, champ, k, np.arange(len(y)), draws, seed)
+    b, c = int(((cand == y) & (champ != y)).sum()), int(((cand != y) & (champ == y)).sum())
+    slices = {}
+    if candidate.slices is not None:
+        column = np.array(candidate.slices, dtype=object)
+        for name in sorted(set(candidate.slices)):
+            pool = np.flatnonzero(column == name)
+            ours, theirs = _sample_metrics(y, cand, pool[None, :], k), _sample_metrics(y, champ, pool[None, :], k)
+            scores = {m: (float(ours[m][0]), float(theirs[m][0])) for m in METRICS}
+            slices[name] = (len(pool), scores, _paired_intervals(y, cand, champ, k, pool, draws, seed))
+    return Comparison(intervals=intervals, b=b, c=c, p_value=mcnemar(b, c), slices=slices)
+
+
+def _paired_intervals(
+    y: np.ndarray, cand: np.ndarray, champ: np.ndarray, k: int, pool: np.ndarray, draws: int, seed: int,
+) -> dict[str, tuple[float, float]]:
+    """The 95% paired-bootstrap interval of candidate - champion, in points, over the rows in `pool`."""
     rng = np.random.default_rng(seed)
-    per_chunk, parts = max(1, CHUNK_CELLS // (len(y) + k * k)), []  # each draw holds n indices and a k x k confusion
+    per_chunk, parts = max(1, CHUNK_CELLS // (len(pool) + k * k)), []  # each draw holds n indices and a k x k confusion
     for start in range(0, draws, per_chunk):
-        rows = rng.integers(0, len(y), size=(min(per_chunk, draws - start), len(y)))
+        rows = pool[rng.integers(0, len(pool), size=(min(per_chunk, draws - start), len(pool)))]
         ours, theirs = _sample_metrics(y, cand, rows, k), _sample_metrics(y, champ, rows, k)
         parts.append({m: 100 * (ours[m] - theirs[m]) for m in METRICS})
     intervals = {}
     for m in METRICS:
         low, high = np.percentile(np.concatenate([part[m] for part in parts]), PERCENTILES)
         intervals[m] = (float(low), float(high))
-    b, c = int(((cand == y) & (champ != y)).sum()), int(((cand != y) & (champ == y)).sum())
-    slices = {}
-    if candidate.slices is not None:
-        column = np.array(candidate.slices, dtype=object)
-        for name in sorted(set(candidate.slices)):
-            rows = np.flatnonzero(column == name)[None, :]
-            ours, theirs = _sample_metrics(y, cand, rows, k), _sample_metrics(y, champ, rows, k)
-            slices[name] = (rows.shape[1], {m: (float(ours[m][0]), float(theirs[m][0])) for m in METRICS})
-    return Comparison(intervals=intervals, b=b, c=c, p_value=mcnemar(b, c), slices=slices)
+    return intervals
 
 
 def predict_scored(

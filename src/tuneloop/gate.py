@@ -20,8 +20,11 @@ Policies (`GateDecision.policy`):
 - "too_few_rows": fewer than `gate.min_rows` held-out rows; the gate refuses to decide (not passed).
 
 Slices (when the reports carry per-row slice values): no slice of at least `gate.min_slice_rows`
-rows may drop past the margin on a gated metric, by point estimate (a slice's interval is too
-wide to gate on); smaller slices are reported, not gated.
+rows may be shown to regress past the margin on a gated metric: the upper bound of the slice's own
+95% paired-bootstrap interval must not fall below -margin. The overall bar (non-inferiority) would
+fail nearly every small slice on width alone, and a point estimate would fail equal models on
+noise (one row of a 30-row slice is 3.3 points); a slice fails on evidence of a drop. Smaller
+slices are reported, not gated.
 """
 
 from __future__ import annotations
@@ -152,25 +155,29 @@ def _compare(
 
 
 def _slices(found: dict, cfg: GateConfig) -> tuple[list[dict], list[str], list[str]]:
-    """Judge each slice's point-estimate deltas (`Comparison.slices`); return entries, reasons, failing reasons."""
+    """Judge each slice by its paired interval (`Comparison.slices`); return entries, reasons, failing reasons."""
     entries, reasons, failures = [], [], []
-    for name, (rows, pairs) in found.items():
+    for name, (rows, pairs, intervals) in found.items():
         scores = {m: {"candidate": pairs[m][0], "champion": pairs[m][1],
-                      "delta_points": _points(100 * (pairs[m][0] - pairs[m][1]))} for m in cfg.metrics}
-        worst = min(cfg.metrics, key=lambda m: scores[m]["delta_points"])
+                      "delta_points": _points(100 * (pairs[m][0] - pairs[m][1])),
+                      "ci_low_points": _points(intervals[m][0]), "ci_high_points": _points(intervals[m][1])}
+                  for m in cfg.metrics}
+        worst = min(cfg.metrics, key=lambda m: (scores[m]["ci_high_points"], scores[m]["delta_points"]))
         gated = rows >= cfg.min_slice_rows
-        ok = not gated or scores[worst]["delta_points"] >= -cfg.margin
+        ok = not gated or scores[worst]["ci_high_points"] >= -cfg.margin
         entries.append({"slice": name, "rows": rows, "gated": gated, "passed": ok, "metric": worst,
-                        "delta_points": scores[worst]["delta_points"], "metrics": scores})
+                        "delta_points": scores[worst]["delta_points"], "ci_high_points": scores[worst]["ci_high_points"],
+                        "metrics": scores})
         line = f"slice {name!r} ({rows} rows): " + ", ".join(
-            f"{m} {s['candidate']:.4f} vs {s['champion']:.4f} ({s['delta_points']:+.2f} points)"
-            for m, s in scores.items())
+            f"{m} {s['candidate']:.4f} vs {s['champion']:.4f} ({s['delta_points']:+.2f} points, "
+            f"95% CI [{s['ci_low_points']:+.2f}, {s['ci_high_points']:+.2f}])" for m, s in scores.items())
         if not gated:
             line += f"; fewer than gate.min_slice_rows={cfg.min_slice_rows} rows: reported, not gated"
         elif ok:
-            line += f"; no drop past gate.margin={cfg.margin} points"
+            line += f"; no drop past gate.margin={cfg.margin} points shown"
         else:
-            line += f"; {worst} regresses more than gate.margin={cfg.margin} points"
+            line += (f"; {worst} shown to drop past gate.margin={cfg.margin} points "
+                     f"(upper bound {scores[worst]['ci_high_points']:+.2f})")
             failures.append(line)
         reasons.append(line)
     return entries, reasons, failures

@@ -35,8 +35,13 @@ Failure cases, by design: a claimant waits for rivals at most half the lease and
 the alias once its claim is older than that, but a claimant paused for more than half the lease
 (SIGSTOP, a VM freeze) *between* that check and pointing can still move the alias after a rival
 settled its claim as an orphan; the lease (120 s) is far above a move's real duration (well under
-a second). Claim ages compare the server's creation stamp with the claimant's clock, so clocks
-more than a few seconds apart shorten or stretch the lease by that much. The same-host shortcut
+a second). Clocks: claims carry the server's creation stamps. Once a claimant has appended its
+claim, it ages its rivals and its own claim by the server's clock, run on from the stamp of its own
+claim, so the claimants' clocks never enter the protocol. Before that (the orphans settled at the
+start of a move, and `repair`), the store's `now_ms` stands in: on an MLflow server, this machine's
+clock corrected by the server's `Date` header (about ±1 s). A store reached without a server (a
+database URI used from several machines) is stamped by each writer's own clock, so there a clock
+more than a few seconds off shortens or stretches those settlements' lease by as much. The same-host shortcut
 (owner host:pid no longer running) assumes hostnames are unique to a process namespace. Moves made outside tuneloop (the MLflow UI) are not in the ledger; the next claim
 compares against the alias as it finds it, so they are overwritten only by a move that expected them.
 """
@@ -48,7 +53,7 @@ import socket
 import time
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
-from typing import Protocol
+from typing import Callable, Protocol
 
 from tuneloop.errors import RegistryConflict, RegistryError
 
@@ -163,10 +168,12 @@ def at(entries: list[Entry], alias: str, when_ms: int) -> Entry | None:
     return before[-1] if before else None
 
 
-def resolve_orphans(store: Store, entries: list[Entry], lease: float = LEASE_SECONDS) -> list[Entry]:
-    """Settle every pending claim older than the lease; return the claims that were settled."""
+def resolve_orphans(
+    store: Store, entries: list[Entry], lease: float = LEASE_SECONDS, clock: Callable[[], int] | None = None,
+) -> list[Entry]:
+    """Settle every pending claim older than the lease (by `clock`, default the store's); return those settled."""
     settled = []
-    now = store.now_ms()
+    now = (clock or store.now_ms)()
     for entry in entries:
         if entry.status != PENDING or (now - entry.created_ms < lease * 1000 and not gone(entry.owner, entry.created_ms)):
             continue
@@ -178,12 +185,23 @@ def resolve_orphans(store: Store, entries: list[Entry], lease: float = LEASE_SEC
     return settled
 
 
-def _rivals(store: Store, claim: Entry, lease: float, wait: float) -> list[Entry]:
+def _server_clock(stamp_ms: int) -> Callable[[], int]:
+    """The server's clock, run on from the stamp it just put on our claim: no skew, no extra request.
+
+    The stamp was taken before the server answered, so this runs behind by the answer's latency
+    (milliseconds): rivals look a little younger (waited for a little longer) and our own claim's
+    age is short by as much, against the half lease (60 s) it is checked against.
+    """
+    start = time.monotonic()
+    return lambda: stamp_ms + int((time.monotonic() - start) * 1000)
+
+
+def _rivals(store: Store, claim: Entry, lease: float, wait: float, clock: Callable[[], int]) -> list[Entry]:
     """The live claims between the claimant's head and its claim, after waiting out pending ones."""
     deadline = time.monotonic() + wait
     while True:
         between = [e for e in store.entries() if e.alias == claim.alias and claim.head < e.number < claim.number]
-        if resolve_orphans(store, between, lease):
+        if resolve_orphans(store, between, lease, clock):
             continue  # settled some: look again
         live = [e for e in between if e.status in LIVE]
         if not any(e.status == PENDING for e in live) or any(e.status == DONE for e in live):
@@ -229,13 +247,14 @@ def move(store: Store, claim: Entry, expected: str | None, lease: float = LEASE_
             f"{claim.to_version}; nothing was moved (look at `tuneloop registry history`, then decide again)"
         )
     mine = store.append(replace(claim, from_version=expected, head=seen_head, status=PENDING, owner=owner()))
+    clock = _server_clock(mine.created_ms)
     pointed = False
     try:
-        rivals = _rivals(store, mine, lease, wait=lease / 2)
+        rivals = _rivals(store, mine, lease, lease / 2, clock)
         if rivals:
             store.mark(mine.number, LOST)
             raise _refusal(claim, rivals[0])
-        if store.now_ms() - mine.created_ms >= lease * 500:
+        if clock() - mine.created_ms >= lease * 500:
             store.mark(mine.number, ABORTED)
             raise RegistryConflict(f"claim {mine.number} waited past half its {lease:.0f} s lease; nothing was moved; try again")
         store.point(claim.alias, claim.to_version)

@@ -11,9 +11,8 @@ Contract:
   happens later is one `RegistryError` line.
 - `register` is all or nothing: when any step fails or is interrupted, the run, version, model and
   experiment it created are taken back before the error is raised again.
-- Every version carries one `VersionRecord` (the adapter contract), and a `tuneloop.promotion`
-  state: pending (passed, not yet decided), promoted (was champion at some time; the alias says
-  whether it still is), refused, rolled back, orphaned, or the gate verdict of one not passed.
+- Every version carries one `VersionRecord`: the adapter contract, and its state (the promotion
+  state, the dossier link, the registering process); no other place spells a tag key.
 - Aliases (`champion`, `challenger`) move only through the ledger (`tuneloop.ledger`): a
   compare-and-set over claims appended as versions of `<model>.ledger`, which works through the
   REST API alone and keeps the history ("champion at time T", "last good version") in the registry.
@@ -49,10 +48,6 @@ log = logging.getLogger(__name__)
 CHAMPION, CHALLENGER = "champion", "challenger"
 TAG = "tuneloop."
 LEDGER_SUFFIX = ".ledger"  # the registered model that holds the alias ledger (see tuneloop.ledger)
-# The version's promotion state, the one tag that changes after registration.
-PROMOTION = TAG + "promotion"
-EVIDENCE = TAG + "dossier"
-OWNER = TAG + "registered_by"  # host:pid, so `repair` knows a pending version's promoter died
 GATE_VERDICTS = ("passed", "manual", "rejected")  # manual: passed, but the policy needs a person to promote
 
 # MLflow's defaults retry an HTTP call 7 times with backoff 2 and a 120 s timeout: about 4 minutes
@@ -85,6 +80,12 @@ class VersionRecord:
 
     Built by `cycle.candidate_record`; no other module spells a tag key. `config_sha256` hashes the
     training-relevant sections only, so the same config gives the same hash on every machine.
+    The last three fields are the version's state, filled in by `register`: `promotion` is the one
+    tag that changes after registration (pending: passed, not yet decided; promoted: was champion
+    at some time, the alias says whether it still is; refused, rolled back, orphaned; or the gate
+    verdict of one not passed), `dossier` the URI of the promotion dossier on the run, and
+    `registered_by` the registering process (host:pid), so `repair` knows when a pending
+    version's promoter died.
     """
 
     base_model: str
@@ -106,13 +107,23 @@ class VersionRecord:
     gate: str  # one of GATE_VERDICTS
     gate_reasons: list[str]
     champion_version: str | None
+    promotion: str = ""
+    dossier: str = ""
+    registered_by: str = ""
 
+    STATE = ("promotion", "dossier", "registered_by")
     _JSON = ("labels", "method_config", "quantization", "data_sha256", "metrics", "gate_reasons")
     _REQUIRED = ("base_model", "base_sha256", "tokenizer_sha256", "task", "labels", "method", "gate")
 
-    def tags(self) -> dict[str, str]:
-        """The record as MLflow version tags (each value within MLflow's 5,000-character limit)."""
+    def tags(self, state: bool = True) -> dict[str, str]:
+        """The record as MLflow version tags (each value within MLflow's 5,000-character limit).
+
+        Args:
+            state: include the state fields (a version's tags do; a run's do not, as they never change there).
+        """
         raw = asdict(self)
+        for name in () if state else self.STATE:
+            raw.pop(name)
         tags = {f"{TAG}version.{name}": value for name, value in raw.pop("libraries").items()}
         raw["champion_version"] = raw["champion_version"] or ""
         for key, value in raw.items():
@@ -121,6 +132,16 @@ class VersionRecord:
                 text = json.dumps([reason[:4000 // max(len(value), 1)] for reason in value])
             tags[TAG + key] = text
         return tags
+
+    @staticmethod
+    def key(name: str) -> str:
+        """The tag key of one field (for the state fields that change after registration)."""
+        return TAG + name
+
+    @classmethod
+    def state_of(cls, tags: dict[str, str]) -> dict[str, str]:
+        """A version's state fields ("" when absent), read even where the contract is missing."""
+        return {name: tags.get(cls.key(name), "") for name in cls.STATE}
 
     @classmethod
     def from_tags(cls, version: str, tags: dict[str, str]) -> "VersionRecord":
@@ -380,7 +401,7 @@ def _prepared(candidate: Candidate) -> tuple[list, dict[str, str]]:
     except (TypeError, ValueError) as exc:
         raise RegistryError(f"candidate metrics or reports are not numbers/JSON ({exc}); nothing was registered") from exc
     params = [Param(k, str(v)[:6000]) for k, v in candidate.params.items()]
-    return [metrics, params, [RunTag(k, v) for k, v in candidate.record.tags().items()]], reports
+    return [metrics, params, [RunTag(k, v) for k, v in candidate.record.tags(state=False).items()]], reports
 
 
 def _write(client: Any, cfg: RegistryConfig, candidate: Candidate, run_name: str, written: _Written) -> Any:
@@ -407,12 +428,11 @@ def _write(client: Any, cfg: RegistryConfig, candidate: Candidate, run_name: str
     if not client.search_registered_models(filter_string=_by_name(cfg.model_name)):
         written.new_model = True
         client.create_registered_model(cfg.model_name, description="tuneloop adapters (PEFT, safetensors)")
-    version_tags = {**candidate.record.tags(), PROMOTION: "pending" if candidate.record.gate == "passed" else candidate.record.gate,
-                    OWNER: ledger.owner()}
-    if "dossier/dossier.html" in candidate.documents:
-        version_tags[EVIDENCE] = f"{written.run.info.artifact_uri}/dossier/dossier.html"
+    dossier = f"{written.run.info.artifact_uri}/dossier/dossier.html" if "dossier/dossier.html" in candidate.documents else ""
+    record = replace(candidate.record, promotion="pending" if candidate.record.gate == "passed" else candidate.record.gate,
+                     dossier=dossier, registered_by=ledger.owner())
     return client.create_model_version(
-        cfg.model_name, source=f"{written.run.info.artifact_uri}/adapter", run_id=run_id, tags=version_tags,
+        cfg.model_name, source=f"{written.run.info.artifact_uri}/adapter", run_id=run_id, tags=record.tags(),
     )
 
 
@@ -539,7 +559,7 @@ def register(cfg: RegistryConfig, candidate: Candidate, run_name: str) -> Regist
             if interrupted and not isinstance(exc, KeyboardInterrupt):
                 raise KeyboardInterrupt from exc
         raise
-    gate = version.tags.get(TAG + "gate")
+    gate = version.tags.get(VersionRecord.key("gate"))
     log.info("registered %s version %s (gate %s)", cfg.model_name, version.version, gate)
     return Registered(version=str(version.version), run_id=written.run.info.run_id)
 
@@ -552,7 +572,7 @@ class _Ledger:
     """
 
     def __init__(self, client: Any, cfg: RegistryConfig) -> None:
-        self.client, self.model, self.name = client, cfg.model_name, cfg.model_name + LEDGER_SUFFIX
+        self.client, self.cfg, self.model, self.name = client, cfg, cfg.model_name, cfg.model_name + LEDGER_SUFFIX
 
     def entries(self) -> list[ledger.Entry]:
         if not _model_exists(self.client, self.name):
@@ -585,7 +605,11 @@ class _Ledger:
         self.client.set_registered_model_alias(self.model, alias, version)
 
     def now_ms(self) -> int:
-        return int(time.time() * 1000)
+        return int(time.time() * 1000) + self._server_offset_ms
+
+    @functools.cached_property
+    def _server_offset_ms(self) -> int:
+        return store.server_clock_offset_ms(self.cfg)
 
 
 def _writer(cfg: RegistryConfig) -> Any:
@@ -595,6 +619,10 @@ def _writer(cfg: RegistryConfig) -> Any:
 
 def _actor(by: str) -> str:
     return by or f"{getpass.getuser()}@{socket.gethostname()}"
+
+
+def _set_promotion(client: Any, cfg: RegistryConfig, number: str, state: str) -> None:
+    client.set_model_version_tag(cfg.model_name, number, VersionRecord.key("promotion"), state)
 
 
 def _claim(alias: str, to: str, kind: str, why: str, by: str, run: str, evidence: str) -> ledger.Entry:
@@ -614,6 +642,8 @@ def promote(cfg: RegistryConfig, version: str, expected_champion: str | None, wh
             run: str = "", lease: float = ledger.LEASE_SECONDS) -> str | None:
     """Make `version` champion if the champion is still `expected_champion`; return the version it replaced.
 
+    Promoting the champion over itself moves nothing, writes nothing and returns None.
+
     A compare-and-set over the ledger (see `tuneloop.ledger`): of promoters racing for the same
     expected champion exactly one moves the alias; the others get a RegistryConflict and move nothing.
 
@@ -625,15 +655,18 @@ def promote(cfg: RegistryConfig, version: str, expected_champion: str | None, wh
         client = _writer(cfg)
         target = _promotable(client, cfg, version)
         number = str(target.version)
-        claim = _claim(CHAMPION, number, "promote", why, by, run, target.tags.get(EVIDENCE, ""))
+        claim = _claim(CHAMPION, number, "promote", why, by, run, _record(target).dossier)
         ledger_store = _Ledger(client, cfg)
+        if (expected_champion or None) == number and ledger_store.alias(CHAMPION) == number:
+            log.info("version %s is already champion of %s; nothing was moved", number, cfg.model_name)
+            return None  # a no-op, not a move from a version to itself (rollback would take that as history)
         try:
             ledger.move(ledger_store, claim, expected_champion or None, lease)
         except RegistryConflict:
             if ledger_store.alias(CHAMPION) != number:  # a retry of a promotion that won is not "refused"
-                client.set_model_version_tag(cfg.model_name, number, PROMOTION, "refused")
+                _set_promotion(client, cfg, number, "refused")
             raise
-        client.set_model_version_tag(cfg.model_name, number, PROMOTION, "promoted")
+        _set_promotion(client, cfg, number, "promoted")
     log.info("champion of %s: %s -> %s", cfg.model_name, expected_champion or "none", number)
     return expected_champion or None
 
@@ -657,7 +690,7 @@ def make_challenger(cfg: RegistryConfig, version: str, why: str, by: str = "", r
         client = _writer(cfg)
         target = _promotable(client, cfg, version)
         ledger_store = _Ledger(client, cfg)
-        claim = _claim(CHALLENGER, version, "challenger", why, by, run, target.tags.get(EVIDENCE, ""))
+        claim = _claim(CHALLENGER, str(target.version), "challenger", why, by, run, _record(target).dossier)
         try:
             ledger.move(ledger_store, claim, ledger_store.alias(CHALLENGER))
         except RegistryError as exc:
@@ -724,10 +757,10 @@ def rollback(cfg: RegistryConfig, why: str, to: str | None = None, by: str = "",
         return current, None
     with _translated(cfg):
         client = _writer(cfg)
-        evidence = client.get_model_version(cfg.model_name, target).tags.get(EVIDENCE, "")
+        evidence = _record(client.get_model_version(cfg.model_name, target)).dossier
         claim = _claim(CHAMPION, target, "rollback", why, by, "", evidence)
         ledger.move(_Ledger(client, cfg), claim, current)
-        client.set_model_version_tag(cfg.model_name, current, PROMOTION, "rolled back")
+        _set_promotion(client, cfg, current, "rolled back")
     log.info("champion of %s rolled back: %s -> %s", cfg.model_name, current, target)
     return current, target
 
@@ -768,14 +801,15 @@ def repair(cfg: RegistryConfig, lease: float = ledger.LEASE_SECONDS) -> dict[str
         marked = []
         if _model_exists(client, cfg.model_name):
             for version in sorted(client.search_model_versions(_by_name(cfg.model_name)), key=lambda v: int(v.version)):
-                number = str(version.version)
-                if version.tags.get(PROMOTION) != "pending" or number in live:
+                # versions made outside tuneloop (the MLflow UI) carry no contract, and are never pending
+                number, state = str(version.version), VersionRecord.state_of(version.tags)
+                if state["promotion"] != "pending" or number in live:
                     continue
                 age = ledger_store.now_ms() - int(version.creation_timestamp)
-                if age < lease * 1000 and not ledger.gone(version.tags.get(OWNER, ""), int(version.creation_timestamp)):
+                if age < lease * 1000 and not ledger.gone(state["registered_by"], int(version.creation_timestamp)):
                     continue  # its promoter may still be on its way to the claim
                 state = "promoted" if number == champion else "orphaned"
-                client.set_model_version_tag(cfg.model_name, number, PROMOTION, state)
+                _set_promotion(client, cfg, number, state)
                 marked.append({"version": number, "promotion": state})
     return {"claims": [entry.to_dict() for entry in settled], "versions": marked}
 
@@ -791,10 +825,11 @@ def show(cfg: RegistryConfig, version: str) -> dict[str, Any]:
         model = client.get_registered_model(cfg.model_name)
         metrics = client.get_run(found.run_id).data.metrics if found.run_id else {}
         moves = [e.to_dict() for e in _Ledger(client, cfg).entries() if number in (e.to_version, e.from_version)]
+        record = _record(found)
     return {
-        "model": cfg.model_name, "version": number, "record": asdict(_record(found)),
+        "model": cfg.model_name, "version": number, "record": asdict(record),
         "aliases": sorted(alias for alias, v in (model.aliases or {}).items() if str(v) == number),
-        "promotion": found.tags.get(PROMOTION), "dossier": found.tags.get(EVIDENCE), "run_id": found.run_id,
+        "promotion": record.promotion or None, "dossier": record.dossier or None, "run_id": found.run_id,
         "metrics": metrics, "moves": moves,
     }
 
@@ -819,7 +854,7 @@ def status(cfg: RegistryConfig) -> dict[str, Any]:
             record = _record(version)
             rows.append({
                 "version": str(version.version), "aliases": sorted(aliases.get(str(version.version), [])),
-                "gate": record.gate, "promotion": version.tags.get(PROMOTION), "reasons": "; ".join(record.gate_reasons),
+                "gate": record.gate, "promotion": record.promotion or None, "reasons": "; ".join(record.gate_reasons),
                 "data_rev": record.data_rev, "method": record.method,
                 "accuracy": metrics.get("accuracy"), "macro_f1": metrics.get("macro_f1"),
                 "champion_macro_f1": metrics.get("champion_macro_f1"), "created": version.creation_timestamp,

@@ -4,13 +4,16 @@
 server must answer within a timeout (MLflow's own client retries for minutes), a sqlite file
 must be an MLflow database of the installed schema (read-only connection), and the folder new
 artifacts would land in must take a file. `registry.py` passes in the schema revision it needs,
-so MLflow stays imported by that module alone.
+so MLflow stays imported by that module alone. `server_clock_offset_ms` reads the server's clock,
+which stamps the alias ledger's claims.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import datetime
+import email.utils
 import http.client
 import json
 import logging
@@ -18,6 +21,7 @@ import os
 import re
 import sqlite3
 import ssl
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -32,6 +36,7 @@ log = logging.getLogger(__name__)
 
 _SQLITE_HEADER = b"SQLite format 3\x00"
 _MLFLOW_TABLES = {"alembic_version", "experiments", "runs", "registered_models", "model_versions"}
+SKEW_WARNING_MS = 10_000  # a clock this far off is worth a warning: leases are 120 s
 CORRUPT = ("file is not a database", "database disk image is malformed")  # sqlite's words for a damaged file
 
 
@@ -174,15 +179,72 @@ def _read_server(cfg: RegistryConfig, timeout: float) -> tuple[str, str] | None:
                 return None  # no such experiment yet: the first run creates it
         raise RegistryError(not_mlflow % status) from exc
     except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        why = (f"no answer within {timeout:g} s" if isinstance(reason, TimeoutError)
-               else getattr(reason, "strerror", None) or str(reason))
-        raise RegistryError(f"{key} does not answer ({why}); start the tracking server or fix registry.tracking_uri") from exc
+        raise _unreachable(cfg, exc, timeout) from exc
     try:
         experiment = json.loads(body)["experiment"]
         return experiment.get("artifact_location", ""), experiment.get("lifecycle_stage", "active")
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise RegistryError(not_mlflow % "an answer that is not MLflow's JSON") from exc
+
+
+def _unreachable(cfg: RegistryConfig, exc: BaseException, timeout: float) -> RegistryError:
+    reason = getattr(exc, "reason", exc)
+    why = f"no answer within {timeout:g} s" if isinstance(reason, TimeoutError) else getattr(reason, "strerror", None) or str(reason)
+    return RegistryError(f"registry.tracking_uri: {cfg.tracking_uri} does not answer ({why}); "
+                         "start the tracking server or fix registry.tracking_uri")
+
+
+def server_clock_offset_ms(cfg: RegistryConfig, timeout: float = 5.0) -> int:
+    """Return how far the tracking server's clock runs ahead of this machine's, in milliseconds.
+
+    A tracking server stamps model versions (the alias ledger's claims) with its own clock; a
+    claimant ages its rivals by the stamp on its own claim (`tuneloop.ledger`), but settling orphans
+    before a move and `repair` have no such stamp. Read from the `Date` header (whole seconds, UTC)
+    of up to three bounded requests, keeping the fastest: the estimate is off by at most half its
+    round trip plus half a second, against a lease of 120 s. Stores reached without a server
+    (sqlite, a database URI) are stamped by the writing client: 0.
+
+    Raises:
+        RegistryError: when the server does not answer within `timeout`.
+    """
+    if not _is_server(cfg):
+        return 0
+    best = None  # (round trip in s, offset in ms)
+    for _ in range(3):
+        stamp, sent, received = _server_date(cfg, timeout)
+        if stamp is None:
+            log.warning("the tracking server sent no readable Date header; ageing ledger claims by this machine's clock")
+            return 0
+        # the header truncates the server's time to the second, read at some moment between sent and received
+        offset = round((stamp.timestamp() + 0.5 - (sent + received) / 2) * 1000)
+        best = min(best or (received - sent, offset), (received - sent, offset))
+        if best[0] < 0.5:
+            break
+    if abs(best[1]) > SKEW_WARNING_MS:
+        log.warning("the tracking server's clock is %+.1f s off this machine's (by its Date header, which a proxy may "
+                    "set); fix the clocks (NTP): settling orphaned ledger claims relies on it", best[1] / 1000)
+    return best[1]
+
+
+def _server_date(cfg: RegistryConfig, timeout: float) -> tuple[datetime.datetime | None, float, float]:
+    """One request's `Date` header (None when absent or unreadable), and when it was sent and answered."""
+    request = urllib.request.Request(f"{cfg.tracking_uri.rstrip('/')}/health", headers=_auth_headers())
+    sent = time.time()
+    try:
+        context = _tls_context() if request.full_url.startswith("https:") else None
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
+            header = response.headers.get("Date")
+    except urllib.error.HTTPError as exc:  # any answer carries the server's Date
+        header = exc.headers.get("Date")
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
+        raise _unreachable(cfg, exc, timeout) from exc
+    received = time.time()
+    try:
+        stamp = email.utils.parsedate_to_datetime(header)
+    except (TypeError, ValueError):
+        return None, sent, received
+    # HTTP dates are UTC; the asctime form and a "-0000" zone parse without one
+    return (stamp if stamp.tzinfo else stamp.replace(tzinfo=datetime.timezone.utc)), sent, received
 
 
 def check_tracking(cfg: RegistryConfig, timeout: float, write: bool, schema_head: str) -> tuple[str, str] | None:

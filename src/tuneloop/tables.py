@@ -6,7 +6,7 @@ are not UTF-8) and `malformed`: what JSONL held that a string column cannot, as 
 "field:kind" items ("text:array", "label:object", "text:\\ud800" for a lone surrogate, which is
 replaced by U+FFFD because a frame's strings must be valid Unicode), "" for a sound record.
 A frame read with a slice column (`data.slice_column`) also has `slice`: each row's slice name,
-for the gate's per-slice checks.
+for the gate's per-slice checks, stripped of surrounding whitespace ("emea " is "emea").
 Parsing never drops a row: judging rows is validation's job. A file that cannot be read as a table
 at all (bad header, bad JSON line) is a `DataError` here.
 """
@@ -99,7 +99,8 @@ def parse_table(
     frame = pd.DataFrame(
         {
             "row": range(1, len(records) + 1),
-            **{field: [value for value, _ in values] for field, values in cells.items()},
+            **{field: [value.strip() if field == "slice" and value is not None else value for value, _ in values]
+               for field, values in cells.items()},
             "undecodable": [bool(span & bad_lines) for span in lines],
             "malformed": [_kinds({field: values[i][1] for field, values in cells.items()}) for i in range(len(records))],
         },
