@@ -85,3 +85,16 @@ def tickets_csv(tmp_path) -> Path:
     from tuneloop import synthetic
 
     return synthetic.write_csv(synthetic.generate_tickets(1, 300, seed=0), tmp_path / "tickets.csv")
+
+
+def shared_texts(name: str) -> list[str]:
+    """Texts of a dataset in ../shared/data, read in place: "rt-polarity" (pos lines, then neg) or "emotion" (train.txt).
+
+    Skips the calling test when the data is not beside the repository.
+    """
+    files = {"rt-polarity": [SHARED_DATA / "rt-polarity" / f"rt-polarity.{s}" for s in ("pos", "neg")],
+             "emotion": [SHARED_DATA / "emotion" / "train.txt"]}[name]
+    if not all(f.is_file() for f in files):
+        pytest.skip(f"{name} data not found in {SHARED_DATA}")
+    lines = [line for f in files for line in f.read_text(encoding="utf-8").splitlines()]
+    return [line.rsplit(";", 1)[0] for line in lines] if name == "emotion" else lines
