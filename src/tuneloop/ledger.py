@@ -41,8 +41,9 @@ claim, so the claimants' clocks never enter the protocol. Before that (the orpha
 start of a move, and `repair`), the store's `now_ms` stands in: on an MLflow server, this machine's
 clock corrected by the server's `Date` header (about ±1 s). A store reached without a server (a
 database URI used from several machines) is stamped by each writer's own clock, so there a clock
-more than a few seconds off shortens or stretches those settlements' lease by as much. The same-host shortcut
-(owner host:pid no longer running) assumes hostnames are unique to a process namespace. Moves made outside tuneloop (the MLflow UI) are not in the ledger; the next claim
+more than a few seconds off shortens or stretches those settlements' lease by as much. The
+same-host shortcut (owner host:pid no longer running) assumes hostnames are unique to a process
+namespace. Moves made outside tuneloop (the MLflow UI) are not in the ledger; the next claim
 compares against the alias as it finds it, so they are overwritten only by a move that expected them.
 """
 
