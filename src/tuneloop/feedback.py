@@ -23,7 +23,6 @@ import functools
 import json
 import logging
 import os
-import re
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -42,9 +41,6 @@ log = logging.getLogger(__name__)
 ID_COLUMN, LABEL_COLUMN = "request_id", "label"
 LABELLED = ("request_id", "time", "model_version", "text", "label", "prediction", "score")
 SHOWN = 5  # problems quoted in the one-line error; the rest are counted
-# tables words a missing column as "... has no column ... (found: ...); set data.text_column ...",
-# advice about the data config that does not fit a feedback file
-_MISSING_COLUMNS = re.compile(r"has no column .*\(found: (.*)\); set data\.")
 
 
 @dataclass(frozen=True)
@@ -144,11 +140,8 @@ def _parse(file: Path) -> pd.DataFrame:
         raise DataError(f"feedback file {str(file)!r} not found; pass an existing CSV, TSV or JSONL file")
     try:
         frame = tables.parse_table(file.read_bytes(), str(file), ID_COLUMN, LABEL_COLUMN)
-    except DataError as exc:
-        missing = _MISSING_COLUMNS.search(str(exc))
-        if missing is None:
-            raise
-        raise DataError(f"feedback file {str(file)!r} has no column 'request_id' or 'label' (found: {missing.group(1)}); "
+    except tables.MissingColumns as exc:  # its advice names the data config, which a feedback file does not use
+        raise DataError(f"feedback file {str(file)!r} has no column 'request_id' or 'label' (found: {exc.found}); "
                         "name the columns request_id and label") from None
     if frame.empty:
         raise DataError(f"feedback file {str(file)!r} has no rows; add request_id,label rows below the header")

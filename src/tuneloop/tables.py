@@ -38,6 +38,14 @@ _WIDE_BOMS = {b"\xff\xfe": "UTF-16 or UTF-32 (little-endian)", b"\xfe\xff": "UTF
               b"\x00\x00\xfe\xff": "UTF-32 (big-endian)"}
 
 
+class MissingColumns(DataError):
+    """A file lacks a named column; `found` lists the columns it has (quoted, cut to one line)."""
+
+    def __init__(self, message: str, found: str) -> None:
+        super().__init__(message)
+        self.found = found
+
+
 def table_format(path: str) -> str:
     """Return the file suffix that decides the parser.
 
@@ -224,10 +232,10 @@ def _check_columns(names: list[str], columns: dict[str, str], path: str) -> None
             found = found[: _FOUND - 1] + "…"
         text, label = columns["data.text_column"], columns["data.label_column"]
         if set(missing) & {"data.text_column", "data.label_column"}:
-            raise DataError(f"data file {path!r} has no column {text!r} or {label!r} (found: {found}); "
-                            "set data.text_column / data.label_column")
-        raise DataError(f"data file {path!r} has no column {missing['data.slice_column']!r} (found: {found}); "
-                        "add the column to the file, or set or remove data.slice_column")
+            raise MissingColumns(f"data file {path!r} has no column {text!r} or {label!r} (found: {found}); "
+                                 "set data.text_column / data.label_column", found)
+        raise MissingColumns(f"data file {path!r} has no column {missing['data.slice_column']!r} (found: {found}); "
+                             "add the column to the file, or set or remove data.slice_column", found)
 
 
 def held_out_mask(texts: pd.Series, fraction: float) -> pd.Series:
