@@ -18,7 +18,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, TextIO
+from typing import Callable, Protocol, TextIO
 
 from tuneloop import errors
 from tuneloop.config import Config
@@ -39,12 +39,15 @@ class RunResult:
     version: str | None = None
     decision: dict | None = None
     log_path: str | None = None
+    action: str | None = None  # a monitoring tick's decision
 
 
 class Launcher(Protocol):
-    """Runs the continuous-training pipeline for a config and a data revision."""
+    """Runs the continuous-training pipeline for a config and a data revision, and the monitor pipeline on a log."""
 
     def run(self, cfg: Config, data_rev: str) -> RunResult: ...
+
+    def monitor(self, cfg: Config, log_path: str) -> RunResult: ...
 
 
 class _StepOutput(io.TextIOBase):
@@ -84,12 +87,26 @@ class LocalLauncher:
 
     def run(self, cfg: Config, data_rev: str) -> RunResult:
         """Run one cycle to completion; raise the step's own error class when a step fails."""
-        from kfp import local
-
         from tuneloop.pipelines.continuous_training import continuous_training
 
+        run_id, output, log_path = self._run(continuous_training, "ct", config=cfg.to_json(), data_rev=data_rev)
+        outcome = json.loads(output)
+        return RunResult(run_id=run_id, state="SUCCEEDED", version=outcome["version"],
+                         decision=outcome["decision"], log_path=str(log_path))
+
+    def monitor(self, cfg: Config, log_path: str) -> RunResult:
+        """Run one monitoring tick to completion; `action` is what the policy decided."""
+        from tuneloop.pipelines.monitor import monitor
+
+        run_id, action, log_file = self._run(monitor, "monitor", config=cfg.to_json(), log_path=log_path)
+        return RunResult(run_id=run_id, state="SUCCEEDED", action=action, log_path=str(log_file))
+
+    def _run(self, pipeline: Callable, prefix: str, **arguments: str) -> tuple[str, str, Path]:
+        """Run a pipeline in this process's kfp.local runner; return its run id, output and step log."""
+        from kfp import local
+
         self.pipeline_root.mkdir(parents=True, exist_ok=True)
-        run_id = time.strftime("ct-%Y%m%d-%H%M%S")
+        run_id = time.strftime(f"{prefix}-%Y%m%d-%H%M%S")
         log_path = self.pipeline_root / f"{run_id}.log"
         local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(self.pipeline_root))
         # The local runner warns that the cluster image and resource requests do not apply to it;
@@ -99,15 +116,13 @@ class LocalLauncher:
             output = _StepOutput(log, sys.stderr, self.verbose)
             try:
                 with contextlib.redirect_stdout(output):
-                    task = continuous_training(config=cfg.to_json(), data_rev=data_rev)
+                    task = pipeline(**arguments)
             except RuntimeError as exc:
                 raise _step_error(output, log_path) from exc
             except KeyboardInterrupt:
                 _stop_steps()
                 raise Interrupted(f"interrupted during step {output.step or 'start-up'} (log: {log_path})") from None
-        outcome = json.loads(task.output)
-        return RunResult(run_id=run_id, state="SUCCEEDED", version=outcome["version"],
-                         decision=outcome["decision"], log_path=str(log_path))
+        return run_id, task.output, log_path
 
 
 def _step_error(output: _StepOutput, log_path: Path) -> errors.TuneloopError:
@@ -150,15 +165,23 @@ class ClusterLauncher:
 
     def run(self, cfg: Config, data_rev: str) -> RunResult:
         """Submit one run; wait for it only when asked (a cluster run can take hours)."""
-        import kfp
-
         from tuneloop.pipelines.continuous_training import continuous_training
+
+        return self._submit(continuous_training, {"config": cfg.to_json(), "data_rev": data_rev})
+
+    def monitor(self, cfg: Config, log_path: str) -> RunResult:
+        """Submit one monitoring tick (`log_path` as the pods see it)."""
+        from tuneloop.pipelines.monitor import monitor
+
+        return self._submit(monitor, {"config": cfg.to_json(), "log_path": log_path})
+
+    def _submit(self, pipeline: Callable, arguments: dict[str, str]) -> RunResult:
+        import kfp
 
         try:
             client = kfp.Client(host=self.host)
             submitted = client.create_run_from_pipeline_func(
-                continuous_training, arguments={"config": cfg.to_json(), "data_rev": data_rev},
-                experiment_name=self.experiment, enable_caching=False,
+                pipeline, arguments=arguments, experiment_name=self.experiment, enable_caching=False,
             )
         except Exception as exc:  # kfp raises HTTP, API and connection errors of many types for one cause
             raise PipelineError(f"cannot submit to KFP at {self.host}: {exc}; check runtime.host and your access") from exc
@@ -204,12 +227,16 @@ def _check_cluster_reachable(cfg: Config) -> None:
         raise PipelineError(f"runtime.host {cfg.runtime.host!r} does not answer ({exc}); check the KFP endpoint and your network") from exc
 
 
-def compile_pipeline(path: Path) -> Path:
-    """Compile the continuous-training pipeline to KFP IR YAML at `path`."""
+def compile_pipeline(path: Path, name: str = "continuous-training") -> Path:
+    """Compile a pipeline (continuous-training or monitor) to KFP IR YAML at `path`."""
     from kfp import compiler
 
     from tuneloop.pipelines.continuous_training import continuous_training
+    from tuneloop.pipelines.monitor import monitor
 
+    pipelines = {"continuous-training": continuous_training, "monitor": monitor}
+    if name not in pipelines:
+        raise ConfigError(f"no pipeline named {name!r}; choose one of {', '.join(pipelines)}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(continuous_training, str(path))
+    compiler.Compiler().compile(pipelines[name], str(path))
     return path

@@ -21,7 +21,7 @@ from tuneloop.config import (
 )
 from tuneloop.errors import ConfigError
 
-SECTIONS = ["data", "model", "method", "quantization", "train", "gate", "registry", "monitor", "policy", "runtime"]
+SECTIONS = ["data", "model", "method", "quantization", "train", "gate", "registry", "monitor", "policy", "serve", "runtime"]
 
 
 def write(folder: Path, text: str, name: str = "tuneloop.yaml") -> Path:

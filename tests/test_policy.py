@@ -36,8 +36,16 @@ PREVIOUS_LEVEL_LINE = ("accuracy on 400 feedback rows: champion v7 0.7800 vs pre
                        "95% CI [-3.50, +0.50]; upper bound not below -margin (1.0 points): not degraded")
 PREVIOUS_WORSE_F1_LINE = ("macro_f1 on 400 feedback rows: champion v7 0.8000 vs previous champion v6 0.7700: +3.00 points, "
                           "95% CI [+0.50, +5.50]; upper bound not below -margin (1.0 points): not degraded")
-ROLL_BACK = ("champion v7 is degraded and previous champion v6 clears the gate's bar on the same rows (non-inferior "
-             "on every compared metric, better on accuracy on feedback rows): roll back to v6")
+ROLL_BACK = ("champion v7 is degraded and previous champion v6 clears the gate's bar on the rows where it is "
+             "(non-inferior on every compared metric, better on accuracy on feedback rows) and is not shown worse on "
+             "the others: roll back to v6")
+# The same pair on a re-score of 300 held-out rows: undecided, or the champion clearly ahead there.
+HELD_OUT_UNDECIDED = Comparison("previous", "heldout", "accuracy", 300, 0.80, 0.81, -1.0, -6.0, 4.0, 1.0)
+HELD_OUT_AHEAD = Comparison("previous", "heldout", "accuracy", 300, 0.84, 0.80, 4.0, 1.5, 6.5, 1.0)
+HELD_OUT_UNDECIDED_LINE = ("accuracy on 300 heldout rows: champion v7 0.8000 vs previous champion v6 0.8100: -1.00 points, "
+                           "95% CI [-6.00, +4.00]; upper bound not below -margin (1.0 points): not degraded")
+HELD_OUT_AHEAD_LINE = ("accuracy on 300 heldout rows: champion v7 0.8400 vs previous champion v6 0.8000: +4.00 points, "
+                       "95% CI [+1.50, +6.50]; upper bound not below -margin (1.0 points): not degraded")
 NOTHING = "no drift alarm and no degradation: nothing to do"
 ROWS_OK = "new labelled rows: 300 >= policy.min_new_rows=200"
 NO_ACTION = "no earlier action: policy.cooldown=1h does not apply"
@@ -89,6 +97,15 @@ CASES = {
     "degraded with a better previous champion rolls back": Case(
         signals(degradation=[DEGRADED, PREVIOUS_BETTER]), [], {}, "rollback", "rollback", "rollback@7->6",
         [DEGRADED_LINE, PREVIOUS_BETTER_LINE, ROLL_BACK, NO_ROLLBACK, FRESH_ROLLBACK]),
+    "an undecided held-out re-score does not hold back a rollback the fresh rows call for": Case(
+        signals(degradation=[DEGRADED, PREVIOUS_BETTER, HELD_OUT_UNDECIDED]), [], {}, "rollback", "rollback",
+        "rollback@7->6", [DEGRADED_LINE, PREVIOUS_BETTER_LINE, HELD_OUT_UNDECIDED_LINE, ROLL_BACK, NO_ROLLBACK,
+                          FRESH_ROLLBACK]),
+    "a previous champion shown worse on the held-out rows is not rolled back to": Case(
+        signals(degradation=[DEGRADED, PREVIOUS_BETTER, HELD_OUT_AHEAD]), [], {}, "retrain", "retrain", "retrain@7",
+        [DEGRADED_LINE, PREVIOUS_BETTER_LINE, HELD_OUT_AHEAD_LINE,
+         "champion v7 is degraded; previous champion v6 is shown worse by more than the margin on accuracy on heldout "
+         "rows: retrain", *RETRAIN_LIMITS_CLEAR]),
     "a rollback beats a drift alarm": Case(
         signals(drift=[TEXT_ALARM], degradation=[DEGRADED, PREVIOUS_BETTER]), [], {}, "rollback", "rollback",
         "rollback@7->6", [TEXT_LINE, DEGRADED_LINE, PREVIOUS_BETTER_LINE, ROLL_BACK, NO_ROLLBACK, FRESH_ROLLBACK]),
@@ -350,7 +367,8 @@ def test_the_sections_default_to_the_documented_values():
     cfg = parse_config({})
 
     assert cfg.monitor.model_dump() == {
-        "false_alarm_rate": 0.01, "min_window_rows": 100, "max_window_rows": 10_000, "null_resamples": 200, "seed": 0}
+        "false_alarm_rate": 0.01, "min_window_rows": 100, "max_window_rows": 10_000, "null_resamples": 200, "seed": 0,
+        "min_labelled_rows": 30, "experiment": "monitor", "cache_dir": ".tuneloop/monitor-cache"}
     assert cfg.policy.model_dump() == {
         "cooldown": 3600, "max_retrains": 3, "retrain_window": 86_400, "min_new_rows": 200, "dedup_window": 21_600,
         "auto_retrain": True, "auto_rollback": True}

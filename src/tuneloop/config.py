@@ -361,6 +361,23 @@ class MonitorConfig(_Strict):
                     "p-values in steps of 1/201 (~0.005), fine enough for false_alarm_rate 0.01.",
     )
     seed: int = Field(0, ge=0, le=MAX_SEED, description="Seeds the resampling, so an alarm is reproducible.")
+    min_labelled_rows: int = Field(
+        30, ge=10, le=10**7,
+        description="Fewest labelled rows (feedback) to judge the champion on them; with fewer the comparison "
+                    "is reported without an interval, and not judged.",
+    )
+    experiment: Name = Field(
+        "monitor", max_length=500, description="MLflow experiment where every monitoring decision is a run."
+    )
+    cache_dir: Name = Field(
+        ".tuneloop/monitor-cache",
+        description="Embeddings, null distributions and reference predictions, reused across ticks (relative to the config).",
+    )
+
+    @field_validator("cache_dir")
+    @classmethod
+    def _cache_path(cls, value: str, info: ValidationInfo) -> str:
+        return _resolve(value, info)
 
     @model_validator(mode="after")
     def _consistent(self) -> "MonitorConfig":
@@ -413,6 +430,34 @@ class PolicyConfig(_Strict):
     )
 
 
+class ServeConfig(_Strict):
+    """The HTTP predictor (`tuneloop serve`) and the traffic log it writes."""
+
+    host: Name = Field("127.0.0.1", description="Interface to listen on; 0.0.0.0 inside a container.")
+    port: int = Field(8080, ge=1, le=65535)
+    alias: Literal["champion", "challenger"] = Field("champion", description="The alias served and followed.")
+    log: Name = Field(
+        "traffic/traffic.jsonl", description="Traffic log every request is appended to (relative to the config)."
+    )
+    max_batch_size: int = Field(32, ge=1, le=4096, description="Most texts the model scores in one forward pass.")
+    max_wait_ms: float = Field(
+        5.0, ge=0.0, le=10_000.0,
+        description="Longest a request waits for others to share its batch; 0 scores whatever is queued at once.",
+    )
+    max_texts: int = Field(256, ge=1, le=100_000, description="Most texts in one POST /predict request.")
+    poll_interval: Annotated[int, _duration("1s", "1d")] = Field(
+        "30s", description="How often the served alias is checked; a move loads the new version beside the old one."
+    )
+    drain_timeout: Annotated[int, _duration("1s", "1h")] = Field(
+        "30s", description="On SIGTERM: longest wait for in-flight requests and log rows before exiting."
+    )
+
+    @field_validator("log")
+    @classmethod
+    def _log_path(cls, value: str, info: ValidationInfo) -> str:
+        return _resolve(value, info)
+
+
 class RuntimeConfig(_Strict):
     """Where pipelines run and on what hardware."""
 
@@ -450,6 +495,7 @@ class Config(_Strict):
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
 
     def to_json(self) -> str:

@@ -8,8 +8,10 @@ it (`to_dict`) as history for the next tick.
 
 What the signals call for (`PolicyDecision.wanted`), first match wins:
 - rollback: the champion is degraded and the previous champion clears the gate's bar against it on
-  the same rows: non-inferior on every compared metric, and better on at least one. A rollback
-  promotes the previous version again, so it must clear what a candidate clears.
+  the rows where the champion is degraded (non-inferior on every compared metric, better on at
+  least one), and is not shown worse by more than the margin on the other rows (the held-out
+  re-score). A rollback promotes the previous version again, so where the evidence is, it must
+  clear what a candidate clears; a held-out set too small to decide does not hold it back.
 - retrain: a drift alarm, or a degradation with no such previous version (or with
   `policy.auto_rollback` off).
 - ignore: neither.
@@ -206,16 +208,28 @@ def _comparison_line(c: Comparison, signals: Signals) -> str:
     return line + f"not below -margin ({c.margin} points): not degraded"
 
 
-def _previous_better(signals: Signals) -> list[str]:
-    """Where the previous champion is shown better, if it is non-inferior on every paired comparison; else [].
+def _previous_better(signals: Signals) -> tuple[list[str], str]:
+    """Where the previous champion is shown better, if a rollback to it is justified; else [] and why not.
 
-    The gate's bar with the roles swapped: previous - champion has lower bound -ci_high_points, so
-    non-inferior is ci_high_points <= margin, and better is ci_high_points < 0.
+    Judged on the rows where the champion is degraded (the fresh labels, usually): there the previous
+    champion must clear the gate's bar with the roles swapped: previous - champion has lower bound
+    -ci_high_points, so non-inferior is ci_high_points <= margin, and better is ci_high_points < 0.
+    On the other rows (the frozen held-out set, usually) it must only not be shown worse: the
+    champion's lead there, ci_low_points, must not exceed the margin. An undecided held-out set (a
+    wide interval) does not hold back a rollback that the fresh rows call for.
     """
     paired = [c for c in signals.degradation if c.baseline == "previous"]
-    if not paired or any(c.ci_high_points is None or c.ci_high_points > c.margin for c in paired):
-        return []
-    return [f"{c.metric} on {c.source} rows" for c in paired if c.ci_high_points < 0]
+    degraded = {c.source for c in signals.degradation if _worse(c)}
+    judged = [c for c in paired if c.source in degraded]
+    previous = _version(signals.previous)
+    better = [f"{c.metric} on {c.source} rows" for c in judged if c.ci_high_points is not None and c.ci_high_points < 0]
+    if not better or any(c.ci_high_points is None or c.ci_high_points > c.margin for c in judged):
+        return [], f"previous champion {previous} does not clear the gate's bar on the same rows"
+    ahead = [c for c in paired if c.source not in degraded and c.ci_low_points is not None and c.ci_low_points > c.margin]
+    if ahead:
+        where = ", ".join(f"{c.metric} on {c.source} rows" for c in ahead)
+        return [], f"previous champion {previous} is shown worse by more than the margin on {where}"
+    return better, ""
 
 
 def _wanted(signals: Signals, cfg: PolicyConfig) -> tuple[str, str]:
@@ -223,11 +237,11 @@ def _wanted(signals: Signals, cfg: PolicyConfig) -> tuple[str, str]:
     champion, previous = _version(signals.champion), _version(signals.previous)
     alarms = [s.name for s in signals.drift if s.alarm]
     degraded = any(_worse(c) for c in signals.degradation)
-    better = _previous_better(signals) if degraded else []
+    better, why_not = _previous_better(signals) if degraded else ([], "")
     if better and cfg.auto_rollback:
         return "rollback", (f"champion {champion} is degraded and previous champion {previous} clears the gate's bar "
-                            f"on the same rows (non-inferior on every compared metric, better on "
-                            f"{', '.join(better)}): roll back to {previous}")
+                            f"on the rows where it is (non-inferior on every compared metric, better on "
+                            f"{', '.join(better)}) and is not shown worse on the others: roll back to {previous}")
     causes = ([f"drift alarm on {', '.join(alarms)}"] if alarms else []) + (
         [f"champion {champion} is degraded"] if degraded else [])
     if not causes:
@@ -239,7 +253,7 @@ def _wanted(signals: Signals, cfg: PolicyConfig) -> tuple[str, str]:
     elif degraded and not any(c.baseline == "previous" for c in signals.degradation):
         causes.append(f"previous champion {previous} was not scored on the same rows")
     elif degraded:
-        causes.append(f"previous champion {previous} does not clear the gate's bar on the same rows")
+        causes.append(why_not)
     return "retrain", "; ".join(causes) + ": retrain"
 
 

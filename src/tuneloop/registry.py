@@ -862,3 +862,80 @@ def status(cfg: RegistryConfig) -> dict[str, Any]:
         rows.sort(key=lambda row: int(row["version"]), reverse=True)
         moves = [e.to_dict() for e in ledger.history(_Ledger(client, cfg).entries())]
     return {"model": cfg.model_name, "versions": rows, "history": moves}
+
+
+# --- the monitor's decisions: one run each in the monitor experiment -------------------------------
+
+TICK_TAGS = ("model", "action", "wanted", "key", "at", "champion", "rollback_to", "outcome")
+
+
+def _experiment_id(client: Any, cfg: RegistryConfig, name: str) -> str:
+    """The id of experiment `name`, created (with artifacts beside the registry's) when missing."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    if store.server_places_artifacts(cfg):
+        return client.create_experiment(name)
+    root = Path(cfg.artifact_root).resolve() / name if "://" not in cfg.artifact_root else f"{cfg.artifact_root}/{name}"
+    return client.create_experiment(name, artifact_location=root.as_uri() if isinstance(root, Path) else root)
+
+
+def record_tick(cfg: RegistryConfig, experiment: str, summary: dict[str, str], metrics: dict[str, float],
+                documents: dict[str, str], files: dict[str, Path]) -> str:
+    """Record one monitoring decision as a finished run of `experiment`; return the run id.
+
+    Args:
+        summary: the decision's fields in TICK_TAGS (strings), kept as tags so `tick_history` reads
+            them in one search.
+        metrics: numbers to chart across ticks (window rows, p-values, deltas).
+        documents: artifact path -> text (the whole decision and signals as JSON).
+        files: artifact folder -> local file (the drift report's HTML).
+    """
+    with _translated(cfg):
+        client = _writer(cfg)
+        run = client.create_run(_experiment_id(client, cfg, experiment), run_name=f"{summary['action']}@{summary['champion']}")
+        run_id = run.info.run_id
+        client.log_batch(run_id, metrics=_metric_list(metrics),
+                         tags=_tag_list({f"{TAG}{key}": summary.get(key, "") for key in TICK_TAGS}))
+        for path, text in documents.items():
+            client.log_text(run_id, text, path)
+        for folder, path in files.items():
+            client.log_artifact(run_id, str(path), folder)
+        client.set_terminated(run_id)
+    return run_id
+
+
+def _metric_list(metrics: dict[str, float]) -> list:
+    from mlflow.entities import Metric
+
+    stamp = int(time.time() * 1000)
+    return [Metric(key, float(value), stamp, 0) for key, value in metrics.items()]
+
+
+def _tag_list(tags: dict[str, str]) -> list:
+    from mlflow.entities import RunTag
+
+    return [RunTag(key, value[:5000]) for key, value in tags.items()]
+
+
+def set_tick_outcome(cfg: RegistryConfig, run_id: str, outcome: str) -> None:
+    """Say on a decision's run what its action led to (the retrain's version and verdict, the rollback's move)."""
+    with _translated(cfg):
+        _writer(cfg).set_tag(run_id, f"{TAG}outcome", outcome[:5000])
+
+
+def tick_history(cfg: RegistryConfig, experiment: str, since: datetime) -> list[dict[str, str]]:
+    """The recorded decisions about `cfg.model_name` since `since`, oldest first, as their TICK_TAGS (reads only)."""
+    client = _reader(cfg)
+    if client is None:
+        return []
+    with _translated(cfg):
+        found = client.get_experiment_by_name(experiment)
+        if found is None:
+            return []
+        runs = client.search_runs(
+            [found.experiment_id], filter_string=f"attributes.start_time >= {int(since.timestamp() * 1000)}",
+            max_results=10_000, order_by=["attributes.start_time ASC"],
+        )
+    ticks = [{key: run.data.tags.get(f"{TAG}{key}", "") for key in TICK_TAGS} | {"run_id": run.info.run_id} for run in runs]
+    return [tick for tick in ticks if tick["model"] == cfg.model_name]

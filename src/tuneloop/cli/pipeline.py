@@ -17,8 +17,9 @@ app = typer.Typer(help="Kubeflow pipelines.", no_args_is_help=True)
 def compile_(
     output: Path = typer.Option(Path("continuous_training.yaml"), "--output", "-o", help="IR YAML file to write."),
     image: Optional[str] = typer.Option(None, "--image", help="Image every step runs in (default: the release image)."),
+    name: str = typer.Option("continuous-training", "--pipeline", help="continuous-training or monitor."),
 ) -> None:
-    """Compile the continuous-training pipeline to KFP IR YAML."""
+    """Compile a pipeline (continuous-training, or monitor) to KFP IR YAML."""
     if output.suffix not in (".yaml", ".yml") or output.is_dir():
         raise PipelineError(f"--output {str(output)!r} must be a file ending in .yaml or .yml; e.g. -o continuous_training.yaml")
     if image is not None and (not image.strip() or any(c.isspace() for c in image)):
@@ -27,4 +28,4 @@ def compile_(
         os.environ["TUNELOOP_IMAGE"] = image  # read when the components are first imported, just below
     from tuneloop.pipelines.launcher import compile_pipeline
 
-    typer.echo(f"compiled continuous-training -> {compile_pipeline(output)}")
+    typer.echo(f"compiled {name} -> {compile_pipeline(output, name)}")
