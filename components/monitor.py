@@ -29,8 +29,8 @@ def measure_traffic(config: str, log_path: str, measured: Output[Artifact], drif
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def decide_action(config: str, measured: Input[Artifact], decision: Output[Artifact]) -> str:
-    """Run the policy, record the decision in the monitor experiment; return ignore, retrain or rollback."""
+def decide_action(config: str, measured: Input[Artifact], drift_report: Input[HTML], decision: Output[Artifact]) -> str:
+    """Run the policy, record the decision (and the drift report) in the monitor experiment; return the action."""
     from pathlib import Path
 
     from tuneloop.config import config_from_json
@@ -38,7 +38,7 @@ def decide_action(config: str, measured: Input[Artifact], decision: Output[Artif
     from tuneloop.progress import start_step
 
     start_step()
-    made = decide_step(config_from_json(config), Path(measured.path), Path(decision.path))
+    made = decide_step(config_from_json(config), Path(measured.path), Path(decision.path), Path(drift_report.path))
     decision.metadata.update(action=made.action, wanted=made.wanted, key=made.key)
     return made.action
 

@@ -19,7 +19,8 @@ def monitor(config: str, log_path: str) -> str:
     Returns the action taken: ignore, retrain or rollback (the decision's reasons are on its MLflow run).
     """
     measured = measure_traffic(config=config, log_path=log_path)
-    decided = decide_action(config=config, measured=measured.outputs["measured"])
+    decided = decide_action(config=config, measured=measured.outputs["measured"],
+                            drift_report=measured.outputs["drift_report"])
     with dsl.If(decided.outputs["Output"] == "retrain", name="retrain"):
         prepared = prepare_retrain_data(config=config, log_path=log_path, measured=measured.outputs["measured"],
                                         decision=decided.outputs["decision"])

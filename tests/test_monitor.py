@@ -105,6 +105,16 @@ def test_quiet_traffic_is_ignored_shifted_labelled_traffic_retrains_once_on_a_ne
     recorded = ticks(config)
     assert [(t["action"], t["key"]) for t in recorded] == [("ignore", "ignore@1"), ("retrain", "retrain@1")]
     assert recorded[1]["outcome"].startswith("retrained: version 2 gate passed: ")
+    from mlflow import MlflowClient
+
+    client = MlflowClient(cfg.registry.tracking_uri)
+    for run in recorded:  # each decision with the signals behind it, and Evidently's drift report
+        assert [a.path for a in client.list_artifacts(run["run_id"])] == ["decision.json", "drift"]
+        assert [a.path for a in client.list_artifacts(run["run_id"], "drift")] == ["drift/drift.html"]
+    kept = json.loads(client.download_artifacts(recorded[1]["run_id"], "decision.json", str(tmp_path)) and
+                      (tmp_path / "decision.json").read_text())
+    assert kept["decision"]["action"] == "retrain"
+    assert any(s["alarm"] for s in kept["measured"]["drift"]["signals"])
     assert registry.show(cfg.registry, "2")["record"]["data_rev"] == new_head
 
     # the new revision holds the old rows and every new labelled text once, none of the held-out texts

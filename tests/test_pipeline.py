@@ -130,3 +130,50 @@ def test_the_gate_step_publishes_the_dossier_as_html_for_the_kfp_ui(ir):
     outputs = ir["components"]["comp-gate-candidate"]["outputDefinitions"]["artifacts"]
     assert {name: spec["artifactType"]["schemaTitle"] for name, spec in outputs.items()} == {
         "decision": "system.Artifact", "dossier": "system.HTML", "dossier_md": "system.Markdown"}
+
+
+# --- the monitor pipeline -------------------------------------------------------------------------
+
+ACTION = "inputs.parameter_values['pipelinechannel--decide-action-Output']"
+
+
+@pytest.fixture(scope="module")
+def monitor_ir(tmp_path_factory) -> dict:
+    return yaml.safe_load(compile_pipeline(tmp_path_factory.mktemp("ir") / "monitor.yaml", "monitor").read_text())
+
+
+def test_monitor_measures_then_decides_then_branches_on_the_action(monitor_ir):
+    tasks = monitor_ir["root"]["dag"]["tasks"]
+    assert set(tasks) == {"measure-traffic", "decide-action", "condition-branches-1"}
+    assert set(tasks["decide-action"].get("dependentTasks", [])) == {"measure-traffic"}
+    assert set(monitor_ir["root"]["inputDefinitions"]["parameters"]) == {"config", "log_path"}
+    branches = monitor_ir["components"]["comp-condition-branches-1"]["dag"]["tasks"]
+    conditions = {task["componentRef"]["name"]: task["triggerPolicy"]["condition"] for task in branches.values()}
+    assert conditions == {
+        "comp-condition-2": f"{ACTION} == 'retrain'",
+        "comp-condition-3": f"!({ACTION} == 'retrain') && {ACTION} == 'rollback'",
+    }
+
+
+def test_a_retrain_runs_the_continuous_training_pipeline_nested_on_the_new_rev(monitor_ir):
+    retrain = monitor_ir["components"]["comp-condition-2"]["dag"]["tasks"]
+    assert set(retrain) == {"prepare-retrain-data", "continuous-training", "note-retrain-outcome"}
+    rev = retrain["continuous-training"]["inputs"]["parameters"]["data_rev"]["taskOutputParameter"]
+    assert rev == {"outputParameterKey": "Output", "producerTask": "prepare-retrain-data"}
+    assert set(retrain["note-retrain-outcome"]["dependentTasks"]) == {"continuous-training"}
+    nested = monitor_ir["components"]["comp-continuous-training"]["dag"]["tasks"]
+    assert set(nested) == set(STEPS) | {"condition-branches-1"}
+    rollback = monitor_ir["components"]["comp-condition-3"]["dag"]["tasks"]
+    assert set(rollback) == {"rollback-champion"}
+
+
+def test_the_drift_report_is_an_html_artifact(monitor_ir):
+    outputs = monitor_ir["components"]["comp-measure-traffic"]["outputDefinitions"]["artifacts"]
+    assert outputs["drift_report"]["artifactType"]["schemaTitle"] == "system.HTML"
+
+
+def test_an_unknown_pipeline_name_is_refused(tmp_path):
+    from tuneloop.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^no pipeline named 'watch'; choose one of continuous-training, monitor$"):
+        compile_pipeline(tmp_path / "x.yaml", "watch")

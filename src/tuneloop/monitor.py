@@ -273,8 +273,12 @@ def record(cfg: Config, decision: policy.PolicyDecision, measured: Measured) -> 
     for c in measured.signals.degradation:
         metrics[f"delta.{c.source}.{c.baseline}.{c.metric}"] = c.delta_points
     documents = {"decision.json": json.dumps({"decision": decision.to_dict(), "measured": measured.to_dict()}, indent=2)}
-    files = {"drift": Path(measured.html)} if measured.html else {}
-    return registry.record_tick(cfg.registry, cfg.monitor.experiment, summary, metrics, documents, files)
+    with tempfile.TemporaryDirectory(prefix="tuneloop-record-") as scratch:
+        files = {}
+        if measured.html:  # a pipeline artifact's file has no suffix; the run keeps it as drift/drift.html
+            files["drift"] = Path(scratch) / "drift.html"
+            files["drift"].write_bytes(Path(measured.html).read_bytes())
+        return registry.record_tick(cfg.registry, cfg.monitor.experiment, summary, metrics, documents, files)
 
 
 def _appended(raw: bytes, path: str, rows: pd.DataFrame, cfg: Config) -> bytes:
@@ -362,9 +366,15 @@ def measure_step(cfg: Config, log_path: Path, out: Path, html_out: Path | None =
     return measured
 
 
-def decide_step(cfg: Config, measured_path: Path, out: Path) -> policy.PolicyDecision:
-    """Decide on the measured signals, record the decision in the monitor experiment, write it to `out`."""
+def decide_step(cfg: Config, measured_path: Path, out: Path, html: Path | None = None) -> policy.PolicyDecision:
+    """Decide on the measured signals, record the decision in the monitor experiment, write it to `out`.
+
+    `html` is the drift report where this step sees it (a pipeline step gets it as an input artifact,
+    not at the path the measuring step wrote it to); it is logged with the decision when drift was scored.
+    """
     measured = Measured.from_dict(json.loads(measured_path.read_text()))
+    if html is not None:
+        measured = Measured(**{**measured.__dict__, "html": str(html) if measured.drift else None})
     decision = decide(cfg, measured)
     run_id = record(cfg, decision, measured)
     out.write_text(json.dumps({"decision": decision.to_dict(), "run_id": run_id}))

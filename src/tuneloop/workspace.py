@@ -72,7 +72,7 @@ stages:
     outs: [outputs/decision.json: {{cache: false}}]
 """
 
-GITIGNORE = "mlflow.db\nmlartifacts/\nruns/\nstorage/\noutputs/\n__pycache__/\n"
+GITIGNORE = "mlflow.db\nmlartifacts/\nruns/\nstorage/\noutputs/\n__pycache__/\ntraffic/\n.tuneloop/\n"
 
 
 def init(root: Path, remote: Path | None = None, config_text: str = DEFAULT_CONFIG) -> Path:
