@@ -14,6 +14,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -269,18 +270,25 @@ def predict_scored(
         The predicted labels, the probability of each (0 to 1), and the mean latency per text
         in milliseconds.
     """
+    model, tokenizer, meta = modeling.load_adapter(adapter_dir, device, base=base)
+    started = time.perf_counter()
+    labels, probabilities = score_loaded(model, tokenizer, meta, texts, device, batch_size)
+    return labels, probabilities, 1000 * (time.perf_counter() - started) / max(len(texts), 1)
+
+
+def score_loaded(model: Any, tokenizer: Any, meta: modeling.AdapterMeta, texts: list[str], device: str,
+                 batch_size: int) -> tuple[list[str], list[float]]:
+    """Label texts with a model already in memory: each text's label and its softmax probability (0 to 1)."""
     import torch
 
-    model, tokenizer, meta = modeling.load_adapter(adapter_dir, device, base=base)
     labels: list[str] = []
     probabilities: list[float] = []
-    started = time.perf_counter()
-    with torch.no_grad():
+    with torch.inference_mode():
         for batch in batches(tokenizer, texts, None, batch_size, meta.max_length):
             best = model(**batch.to(device)).logits.float().softmax(-1).max(-1)
             labels.extend(meta.labels[i] for i in best.indices.tolist())
             probabilities.extend(best.values.tolist())
-    return labels, probabilities, 1000 * (time.perf_counter() - started) / max(len(texts), 1)
+    return labels, probabilities
 
 
 def predict(adapter_dir: Path, texts: list[str], device: str, batch_size: int = 64) -> tuple[list[str], float]:

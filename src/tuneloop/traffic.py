@@ -170,7 +170,7 @@ def _value_problem(name: str, value: str | float) -> str:
             return "holds a lone surrogate, which is not valid Unicode"
         if not value.strip() and name != "time":
             return "is blank"
-    if name == "request_id" and (len(value) > MAX_ID_CHARS or value.split() != [value]):
+    if name == "request_id" and id_problem(value):
         return f"is {_snippet(value)}; an id is 1 to {MAX_ID_CHARS} characters without whitespace"
     if name == "time" and _utc(value) is None:
         return f"is {_snippet(value)}, not an ISO-8601 UTC time such as 2026-01-31T12:00:00.000000Z"
@@ -182,6 +182,13 @@ def _value_problem(name: str, value: str | float) -> str:
         return f"is {value!r}, outside 0 to 1"
     if name == "latency_ms" and not (math.isfinite(value) and value >= 0):
         return f"is {value!r}, not a finite number ≥ 0"
+    return ""
+
+
+def id_problem(request_id: str) -> str:
+    """What keeps a string from being a request id ("" when nothing): 1 to MAX_ID_CHARS characters, no whitespace."""
+    if not 1 <= len(request_id) <= MAX_ID_CHARS or request_id.split() != [request_id]:
+        return f"is not 1 to {MAX_ID_CHARS} characters without whitespace"
     return ""
 
 

@@ -14,9 +14,11 @@ from tuneloop import cycle, registry, workspace
 from tuneloop.cli import config as config_cli
 from tuneloop.cli import data as data_cli
 from tuneloop.cli import feedback as feedback_cli
+from tuneloop.cli import monitor as monitor_cli
 from tuneloop.cli import pipeline as pipeline_cli
 from tuneloop.cli import predict as predict_cli
 from tuneloop.cli import registry as registry_cli
+from tuneloop.cli import serve as serve_cli
 from tuneloop.cli import train as train_cli
 from tuneloop.cli.context import CONFIG_HELP, config_for
 from tuneloop.errors import ConfigError, Interrupted, TuneloopError
@@ -35,6 +37,8 @@ app.command("train")(train_cli.train)
 app.command("evaluate")(train_cli.evaluate)
 app.command("gate")(train_cli.gate)
 app.command("predict")(predict_cli.predict)
+app.command("monitor")(monitor_cli.monitor)
+app.command("serve")(serve_cli.serve)
 _OPTIONS = {"verbose": False}
 
 
