@@ -59,3 +59,11 @@ def test_the_configured_column_names_are_used(suffix):
     out = _appended(raw, f"data/t{suffix}", labelled(("b", "account")), cfg)
     parsed = tables.parse_table(out, f"data/t{suffix}", "body", "queue")
     assert list(zip(parsed["text"], parsed["label"])) == [("a", "billing"), ("b", "account")]
+
+
+@pytest.mark.parametrize("rows,kept", [(0, 0), (99, 99), (100, 100), (150, 150), (523, 520), (1137, 1100),
+                                        (9999, 9900), (10_000, 10_000), (123_456, 120_000)])
+def test_windows_are_scored_at_two_significant_digits_so_nulls_are_reused(rows, kept):
+    from tuneloop.monitor import window_size
+
+    assert window_size(rows) == kept
