@@ -9,9 +9,10 @@ it (`to_dict`) as history for the next tick.
 What the signals call for (`PolicyDecision.wanted`), first match wins:
 - rollback: the champion is degraded and the previous champion clears the gate's bar against it on
   the rows where the champion is degraded (non-inferior on every compared metric, better on at
-  least one), and is not shown worse by more than the margin on the other rows (the held-out
-  re-score). A rollback promotes the previous version again, so where the evidence is, it must
-  clear what a candidate clears; a held-out set too small to decide does not hold it back.
+  least one). A rollback promotes the previous version again, so where the evidence is, it must
+  clear what a candidate clears. The rows where the champion holds up (the frozen held-out
+  re-score, when the degradation shows on fresh labels) do not decide: the champion won its
+  promotion there, and they show the past distribution, not the traffic it serves now.
 - retrain: a drift alarm, or a degradation with no such previous version (or with
   `policy.auto_rollback` off).
 - ignore: neither.
@@ -214,21 +215,15 @@ def _previous_better(signals: Signals) -> tuple[list[str], str]:
     Judged on the rows where the champion is degraded (the fresh labels, usually): there the previous
     champion must clear the gate's bar with the roles swapped: previous - champion has lower bound
     -ci_high_points, so non-inferior is ci_high_points <= margin, and better is ci_high_points < 0.
-    On the other rows (the frozen held-out set, usually) it must only not be shown worse: the
-    champion's lead there, ci_low_points, must not exceed the margin. An undecided held-out set (a
-    wide interval) does not hold back a rollback that the fresh rows call for.
+    Rows where the champion holds up (the frozen held-out set, usually) do not decide: they show
+    the past distribution, where the champion won its promotion, not the traffic it now serves.
     """
     paired = [c for c in signals.degradation if c.baseline == "previous"]
     degraded = {c.source for c in signals.degradation if _worse(c)}
     judged = [c for c in paired if c.source in degraded]
-    previous = _version(signals.previous)
     better = [f"{c.metric} on {c.source} rows" for c in judged if c.ci_high_points is not None and c.ci_high_points < 0]
     if not better or any(c.ci_high_points is None or c.ci_high_points > c.margin for c in judged):
-        return [], f"previous champion {previous} does not clear the gate's bar on the same rows"
-    ahead = [c for c in paired if c.source not in degraded and c.ci_low_points is not None and c.ci_low_points > c.margin]
-    if ahead:
-        where = ", ".join(f"{c.metric} on {c.source} rows" for c in ahead)
-        return [], f"previous champion {previous} is shown worse by more than the margin on {where}"
+        return [], f"previous champion {_version(signals.previous)} does not clear the gate's bar on the same rows"
     return better, ""
 
 
@@ -241,7 +236,7 @@ def _wanted(signals: Signals, cfg: PolicyConfig) -> tuple[str, str]:
     if better and cfg.auto_rollback:
         return "rollback", (f"champion {champion} is degraded and previous champion {previous} clears the gate's bar "
                             f"on the rows where it is (non-inferior on every compared metric, better on "
-                            f"{', '.join(better)}) and is not shown worse on the others: roll back to {previous}")
+                            f"{', '.join(better)}): roll back to {previous}")
     causes = ([f"drift alarm on {', '.join(alarms)}"] if alarms else []) + (
         [f"champion {champion} is degraded"] if degraded else [])
     if not causes:
