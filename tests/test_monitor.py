@@ -87,6 +87,13 @@ def test_quiet_traffic_is_ignored_shifted_labelled_traffic_retrains_once_on_a_ne
     # in-distribution traffic, labelled: no drift, no degradation, nothing done
     quiet = synthetic.generate_tickets(1, 150, seed=7)
     serve_batch(config, [t for t, _ in quiet], [label for _, label in quiet])
+    log = root / "traffic" / "traffic.jsonl"
+    good = json.loads(log.read_text().splitlines()[0])
+    with open(log, "ab") as handle:  # malformed lines: counted and reported, never traffic, never a crash
+        handle.write(b'{"request_id": "x", "time": \n')
+        handle.write(json.dumps({k: v for k, v in good.items() if k != "score"}).encode() + b"\n")
+        handle.write(json.dumps({**good, "request_id": "y", "latency_ms": "fast"}).encode() + b"\n")
+        handle.write(json.dumps({**good, "request_id": "z", "text": "w" * 5_000_000}).encode() + b"\n")
     first = tick(config)
     assert "monitor: ignore (champion 1, key ignore@1" in first.stdout
     assert gitrepo.resolve_rev(str(root), "HEAD") == head
@@ -111,10 +118,16 @@ def test_quiet_traffic_is_ignored_shifted_labelled_traffic_retrains_once_on_a_ne
     for run in recorded:  # each decision with the signals behind it, and Evidently's drift report
         assert [a.path for a in client.list_artifacts(run["run_id"])] == ["decision.json", "drift"]
         assert [a.path for a in client.list_artifacts(run["run_id"], "drift")] == ["drift/drift.html"]
-    kept = json.loads(client.download_artifacts(recorded[1]["run_id"], "decision.json", str(tmp_path)) and
-                      (tmp_path / "decision.json").read_text())
-    assert kept["decision"]["action"] == "retrain"
-    assert any(s["alarm"] for s in kept["measured"]["drift"]["signals"])
+    def kept(run: dict) -> dict:
+        folder = tmp_path / run["run_id"]
+        folder.mkdir()
+        return json.loads(Path(client.download_artifacts(run["run_id"], "decision.json", str(folder))).read_text())
+
+    first_kept, second_kept = kept(recorded[0]), kept(recorded[1])
+    assert first_kept["measured"]["skipped"] == {"broken_json": 1, "missing_field": 1, "wrong_type": 1, "too_long": 1}
+    assert first_kept["measured"]["signals"]["window_rows"] == 150
+    assert second_kept["decision"]["action"] == "retrain"
+    assert any(s["alarm"] for s in second_kept["measured"]["drift"]["signals"])
     assert registry.show(cfg.registry, "2")["record"]["data_rev"] == new_head
 
     # the new revision holds the old rows and every new labelled text once, none of the held-out texts
@@ -123,7 +136,6 @@ def test_quiet_traffic_is_ignored_shifted_labelled_traffic_retrains_once_on_a_ne
     before = tables.parse_table(data.read_at(str(root), head, cfg.data.path)[0], cfg.data.path, "text", "label")
     after = tables.parse_table(data.read_at(str(root), new_head, cfg.data.path)[0], cfg.data.path, "text", "label")
     held_out = before[tables.held_out_mask(before["text"], cfg.data.eval_fraction)]
-    log = root / "traffic" / "traffic.jsonl"
     expected = new_labelled(feedback.labelled_rows(log), before)
     assert len(after) == len(before) + len(expected)
     assert list(after["text"])[:len(before)] == list(before["text"])

@@ -206,8 +206,8 @@ def measure(cfg: Config, log_path: Path, work_dir: Path, now: datetime | None = 
         raise RegistryError(f"{cfg.registry.model_name} has no champion to monitor; run `tuneloop run` first")
     traffic.require_log(log_path)
     since = champion_since(cfg, champion_number)
-    window = traffic.read_window(log_path, since=since, until=max(now, since + timedelta(microseconds=1)))
-    rows = [r for r in window.rows if r.model_version == champion_number][-cfg.monitor.max_window_rows:]
+    window = traffic.read_window(log_path, since=since)  # to the end, so a torn or bad last line is reported too
+    rows = [r for r in window.rows if r.model_version == champion_number and r.time < now][-cfg.monitor.max_window_rows:]
     rows = rows[len(rows) - window_size(len(rows)):]
     labelled_all = feedback.labelled_rows(log_path, until=now)
     fresh = labelled_all[labelled_all["time"] >= since] if not labelled_all.empty else labelled_all

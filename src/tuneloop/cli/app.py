@@ -104,7 +104,7 @@ def demo(
     directory: Path = typer.Option(Path("tuneloop-demo"), "--dir", help="Workspace folder to create."),
     rows: int = typer.Option(700, "--rows", min=650, help="Rows per synthetic dataset version."),
 ) -> None:
-    """Run the whole loop offline on synthetic data: v1, v2, then a broken candidate."""
+    """Run the whole loop offline on synthetic data: train, gate, serve, then drift -> retrain and degraded -> rollback."""
     from tuneloop.cli.demo import run_demo
 
     run_demo(directory, rows)
