@@ -224,9 +224,9 @@ def test_good_feedback_joins_by_request_id_and_lands_whole(world, tmp_path):
     assert json.loads(more.stdout) == {"store": str(store), "rows": 1, "labels": {"account": 1}, "versions": {"1": 1},
                                        "skipped": {"broken_json": 1}}
     frame = feedback.labelled_rows(log)
-    assert list(frame.columns) == ["request_id", "time", "model_version", "text", "label", "prediction", "score"]
+    assert list(frame.columns) == ["request_id", "time", "model", "model_version", "text", "label", "prediction", "score"]
     assert frame.to_dict("records") == [
-        {"request_id": request_id, "time": T0 + timedelta(minutes=minute), "model_version": version,
+        {"request_id": request_id, "time": T0 + timedelta(minutes=minute), "model": "test-model", "model_version": version,
          "text": f"text of {request_id}", "label": label, "prediction": LABEL_SETS[version][0], "score": 0.5}
         for request_id, minute, version, label in (("g2", 2, "1", "technical"), ("g1", 1, "1", "billing"),
                                                    ("g3", 3, "2", "positive"), ("g4", 4, "1", "account"))

@@ -39,7 +39,7 @@ from tuneloop.errors import DataError
 log = logging.getLogger(__name__)
 
 ID_COLUMN, LABEL_COLUMN = "request_id", "label"
-LABELLED = ("request_id", "time", "model_version", "text", "label", "prediction", "score")
+LABELLED = ("request_id", "time", "model", "model_version", "text", "label", "prediction", "score")
 SHOWN = 5  # problems quoted in the one-line error; the rest are counted
 
 

@@ -15,6 +15,7 @@ roll back through `registry.rollback`; this module imports no orchestration.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -24,13 +25,14 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
 
 from tuneloop import data, drift, evaluation, feedback, gitrepo, modeling, policy, registry, tables, traffic
 from tuneloop.config import Config
-from tuneloop.errors import ConfigError, DataError, RegistryError
+from tuneloop.errors import ConfigError, DataError, RegistryConflict, RegistryError, TuneloopError
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +173,12 @@ def new_labelled(labelled: pd.DataFrame, *seen: pd.DataFrame) -> pd.DataFrame:
     return fresh[~normal[~normal.isin(known)].duplicated()]
 
 
+def labelled_of(cfg: Config, log_path: Path, until: datetime) -> pd.DataFrame:
+    """The labelled requests this model (registry.model_name) served before `until`; a log may hold several models'."""
+    labelled = feedback.labelled_rows(log_path, until=until)
+    return labelled[labelled["model"] == cfg.registry.model_name] if not labelled.empty else labelled
+
+
 def _window_frame(rows: list[traffic.TrafficRow], labelled: pd.DataFrame) -> pd.DataFrame:
     frame = pd.DataFrame({"request_id": [r.request_id for r in rows], "text": [r.text for r in rows],
                           "prediction": [r.prediction for r in rows], "score": [r.score for r in rows]})
@@ -207,14 +215,16 @@ def measure(cfg: Config, log_path: Path, work_dir: Path, now: datetime | None = 
     traffic.require_log(log_path)
     since = champion_since(cfg, champion_number)
     window = traffic.read_window(log_path, since=since)  # to the end, so a torn or bad last line is reported too
-    rows = [r for r in window.rows if r.model_version == champion_number and r.time < now][-cfg.monitor.max_window_rows:]
+    rows = [r for r in window.rows if r.model == cfg.registry.model_name and r.model_version == champion_number
+            and r.time < now][-cfg.monitor.max_window_rows:]
     rows = rows[len(rows) - window_size(len(rows)):]
-    labelled_all = feedback.labelled_rows(log_path, until=now)
-    fresh = labelled_all[labelled_all["time"] >= since] if not labelled_all.empty else labelled_all
+    labelled_all = labelled_of(cfg, log_path, now)
+    recent = labelled_all[labelled_all["time"] >= since] if not labelled_all.empty else labelled_all
     champion = registry.fetch(cfg.registry, champion_number, work_dir / "champion")
     previous_number = previous_champion(cfg)
     previous = registry.fetch(cfg.registry, previous_number, work_dir / "previous") if previous_number else None
     train, held_out = snapshot_of(cfg, champion.record, work_dir / "reference-snapshot")
+    fresh = new_labelled(recent, train)  # fresh evidence: once per text, never a row the champion trained on
     notes = [f"window: {len(rows)} rows answered by champion {champion_number} since {traffic.format_time(since)}"]
     if window.skipped.total:
         notes.append(window.skipped.summary(str(log_path)))
@@ -324,16 +334,23 @@ class RetrainData:
     train_rows: int
 
 
-def retrain_rev(cfg: Config, log_path: Path, until: datetime, work_dir: Path) -> RetrainData:
+def retrain_rev(cfg: Config, log_path: Path, until: datetime, work_dir: Path,
+                expected_champion: str | None = None) -> RetrainData:
     """Commit the next data revision: data.path at data.rev plus the labelled traffic it lacks.
 
     Every labelled row served before `until` whose text is not already in the training file, in
     the held-out file, or among the champion's frozen held-out rows is appended (one row per text).
     The file is committed with `data add` semantics (validated, DVC-tracked, pushed, one commit).
 
+    When nothing is left to add but data.rev is newer than the champion's data (an earlier retrain
+    committed the rows and then failed or was rejected), that revision is trained on as it is.
+
     Raises:
-        ConfigError: when data.repo is not a local workspace or data.path is not where `data add` puts it.
-        DataError: when there is nothing new to add, or the combined file fails validation.
+        ConfigError: when data.repo is not a local workspace, data.path is not where `data add` puts
+            it, data.rev is not the clean checked-out HEAD, or slices are set without a held-out file.
+        RegistryConflict: when the champion is no longer `expected_champion`.
+        DataError: when there is nothing new to add, a label is outside the label set, or the
+            combined file fails validation.
     """
     root = Path(cfg.data.repo)
     if "://" in cfg.data.repo or not gitrepo.is_repo(root):
@@ -343,20 +360,40 @@ def retrain_rev(cfg: Config, log_path: Path, until: datetime, work_dir: Path) ->
     if posixpath.normpath(cfg.data.path) != f"data/{name}{suffix}":
         raise ConfigError(f"data.path {cfg.data.path!r} is not under data/; a retrain commits the new file where "
                           f"`tuneloop data add` puts it (data/{name}{suffix}); move the file there")
+    if cfg.data.slice_column and not cfg.data.eval_path:
+        raise ConfigError(f"data.slice_column {cfg.data.slice_column!r} is set without data.eval_path: traffic rows "
+                          "have no slice, and some would join the held-out split; set data.eval_path to a held-out file")
     raw, resolved = data.read_at(cfg.data.repo, cfg.data.rev, cfg.data.path)
+    if resolved != gitrepo.resolve_rev(cfg.data.repo, "HEAD") or gitrepo.git(root, "status", "--porcelain", "--", cfg.data.path).strip():
+        raise ConfigError(f"data.rev {cfg.data.rev!r} is not the checked-out HEAD of {cfg.data.repo}, or {cfg.data.path} "
+                          "has uncommitted changes; a retrain commits on HEAD, so check out the branch and commit first")
     current = tables.parse_table(raw, cfg.data.path, cfg.data.text_column, cfg.data.label_column)
     seen = [current]
     if cfg.data.eval_path:
         eval_raw, _ = data.read_at(cfg.data.repo, resolved, cfg.data.eval_path, "data.eval_path")
         seen.append(tables.parse_table(eval_raw, cfg.data.eval_path, cfg.data.text_column, cfg.data.label_column))
     champion = registry.alias_of(cfg.registry, registry.CHAMPION)
+    if expected_champion is not None and champion != expected_champion:
+        raise RegistryConflict(f"champion is version {champion}, not {expected_champion} as judged; nothing was committed "
+                               "(the next tick judges the new champion)")
+    champion_rev = None
     if champion is not None:
         fetched = registry.fetch(cfg.registry, champion, work_dir / "champion")
+        champion_rev = fetched.record.data_rev
         seen.append(snapshot_of(cfg, fetched.record, work_dir / "champion-snapshot")[1])
-    fresh = new_labelled(feedback.labelled_rows(log_path, until=until), *seen)
+    fresh = new_labelled(labelled_of(cfg, log_path, until), *seen)
     if fresh.empty:
+        if champion_rev is not None and resolved != champion_rev:  # an earlier retrain committed them: train on that
+            log.info("retrain data: no labelled traffic left to add; data rev %s is newer than the champion's", resolved[:8])
+            return RetrainData(rev=resolved, path=cfg.data.path, added_rows=0, train_rows=len(current))
         raise DataError(f"no labelled traffic in {log_path} that the training data lacks; add labels with "
                         "`tuneloop feedback add` before retraining")
+    allowed = set(cfg.data.labels or (fetched.labels if champion is not None else []))
+    unknown = sorted(set(fresh["label"]) - allowed) if allowed else []
+    if unknown:
+        ids = ", ".join(fresh.loc[fresh["label"].isin(unknown), "request_id"].head(3))
+        raise DataError(f"labelled traffic has label(s) {unknown} outside the label set {sorted(allowed)} (requests {ids}); "
+                        "fix the feedback, or add the labels to data.labels and retrain by hand")
     combined = _appended(raw, cfg.data.path, fresh, cfg)
     with tempfile.TemporaryDirectory(prefix="tuneloop-retrain-") as scratch:
         source = Path(scratch) / f"{name}{suffix}"
@@ -404,13 +441,30 @@ def read_decision(path: Path) -> tuple[policy.PolicyDecision, str]:
     return policy.PolicyDecision.from_dict(raw["decision"]), raw["run_id"]
 
 
+def _acting(cfg: Config, run_id: str) -> Any:
+    """Write a failure of the action onto the decision's run before it propagates (the decision still counts)."""
+    @contextlib.contextmanager
+    def guard() -> Iterator[None]:
+        try:
+            yield
+        except TuneloopError as exc:
+            registry.set_tick_outcome(cfg.registry, run_id, f"failed: {type(exc).__name__}: {exc}")
+            raise
+    return guard()
+
+
 def rollback_step(cfg: Config, decision_path: Path) -> str:
     """Roll back as decided, through the registry's audited rollback, if the champion is still the one judged."""
     decision, run_id = read_decision(decision_path)
     why = "monitor: " + " | ".join(decision.reasons)
-    moved_from, moved_to = registry.rollback(cfg.registry, why, to=decision.rollback_to, by=f"monitor:{run_id}",
-                                             expected=decision.signals.champion)
-    outcome = f"rolled back {moved_from} -> {moved_to}" if moved_to else f"nothing to roll back: champion is {moved_from}"
+    with _acting(cfg, run_id):
+        try:
+            moved_from, moved_to = registry.rollback(cfg.registry, why, to=decision.rollback_to, by=f"monitor:{run_id}",
+                                                     expected=decision.signals.champion)
+            outcome = (f"rolled back {moved_from} -> {moved_to}" if moved_to
+                       else f"nothing to roll back: champion is {moved_from}")
+        except RegistryConflict as exc:  # someone moved the champion since it was judged: theirs stands
+            outcome = f"not rolled back: {exc}"
     registry.set_tick_outcome(cfg.registry, run_id, outcome)
     log.info("monitor: %s", outcome)
     return outcome
@@ -419,9 +473,9 @@ def rollback_step(cfg: Config, decision_path: Path) -> str:
 def retrain_data_step(cfg: Config, log_path: Path, measured_path: Path, decision_path: Path) -> str:
     """Commit the retrain's data revision from the labelled traffic up to the tick's time; return the rev."""
     measured = Measured.from_dict(json.loads(measured_path.read_text()))
-    _, run_id = read_decision(decision_path)
-    with tempfile.TemporaryDirectory(prefix="tuneloop-retrain-") as scratch:
-        made = retrain_rev(cfg, log_path, _utc(measured.until), Path(scratch))
+    decision, run_id = read_decision(decision_path)
+    with _acting(cfg, run_id), tempfile.TemporaryDirectory(prefix="tuneloop-retrain-") as scratch:
+        made = retrain_rev(cfg, log_path, _utc(measured.until), Path(scratch), expected_champion=decision.signals.champion)
     registry.set_tick_outcome(cfg.registry, run_id, f"retrain on data rev {made.rev} "
                                                    f"({made.added_rows} labelled traffic rows added, {made.train_rows} rows)")
     return made.rev

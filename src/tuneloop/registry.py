@@ -895,12 +895,17 @@ def record_tick(cfg: RegistryConfig, experiment: str, summary: dict[str, str], m
         client = _writer(cfg)
         run = client.create_run(_experiment_id(client, cfg, experiment), run_name=f"{summary['action']}@{summary['champion']}")
         run_id = run.info.run_id
-        client.log_batch(run_id, metrics=_metric_list(metrics),
-                         tags=_tag_list({f"{TAG}{key}": summary.get(key, "") for key in TICK_TAGS}))
-        for path, text in documents.items():
-            client.log_text(run_id, text, path)
-        for folder, path in files.items():
-            client.log_artifact(run_id, str(path), folder)
+        try:  # the tags last: a run cut short has none, so `tick_history` never takes it for a decision
+            for path, text in documents.items():
+                client.log_text(run_id, text, path)
+            for folder, path in files.items():
+                client.log_artifact(run_id, str(path), folder)
+            client.log_batch(run_id, metrics=_metric_list(metrics),
+                             tags=_tag_list({f"{TAG}{key}": summary.get(key, "") for key in TICK_TAGS}))
+        except BaseException:
+            with contextlib.suppress(Exception):
+                client.set_terminated(run_id, "FAILED")
+            raise
         client.set_terminated(run_id)
     return run_id
 

@@ -126,7 +126,7 @@ def _loop(config_path: Path, launcher: object) -> None:
     server = _start_server(config_path, port)
     client = None
     try:
-        client = _ready_client(port)
+        client = _ready_client(port, server)
         _banner(f"serving the champion at http://127.0.0.1:{port} (tuneloop serve); traffic is logged to {log}")
         quiet = synthetic.generate_tickets(1, QUIET, seed=21)
         _send_labelled(client, cfg, log, quiet, "in-distribution traffic (v1 tickets)")
@@ -139,7 +139,8 @@ def _loop(config_path: Path, launcher: object) -> None:
             typer.echo("the retrain did not replace version 1, so there is no newer champion to roll back")
             return
         _wait_for_version(client, champion)
-        batch = _worse_batch(cfg, champion)
+        seen = {text for text, _ in quiet + shifted} | _training_texts(cfg)
+        batch = _worse_batch(cfg, champion, seen)
         if not batch:
             typer.echo(f"no ticket found on which version {champion} errs where version 1 does not; nothing to roll back")
             return
@@ -149,7 +150,11 @@ def _loop(config_path: Path, launcher: object) -> None:
         if client is not None:
             client.close()
         server.terminate()  # SIGTERM: the server drains, writes every log row, and exits
-        server.wait(timeout=60)
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
 
 
 def _free_port() -> int:
@@ -164,13 +169,16 @@ def _start_server(config_path: Path, port: int) -> subprocess.Popen:
                              "--port", str(port)], stdout=output, stderr=subprocess.STDOUT)
 
 
-def _ready_client(port: int) -> Any:
+def _ready_client(port: int, server: subprocess.Popen) -> Any:
     """A client for the demo's server, once it is ready (/readyz 200)."""
     import httpx
 
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
+        if server.poll() is not None:
+            client.close()
+            raise TuneloopError(f"tuneloop serve exited ({server.returncode}) before it was ready; see serve.log")
         try:
             if client.get("/readyz").status_code == 200:
                 return client
@@ -201,8 +209,9 @@ def _send_labelled(client: object, cfg: Config, log: Path, rows: list[tuple[str,
 def _tick(launcher: object, cfg: Config, log: Path) -> None:
     _banner("tuneloop monitor --once")
     result = launcher.monitor(cfg, str(log))
-    last = registry.tick_history(cfg.registry, cfg.monitor.experiment, datetime.now(timezone.utc) - timedelta(hours=1))[-1]
-    typer.echo(f"decision: {result.action} (champion {last['champion']})" + (f": {last['outcome']}" if last["outcome"] else ""))
+    ticks = registry.tick_history(cfg.registry, cfg.monitor.experiment, datetime.now(timezone.utc) - timedelta(hours=1))
+    outcome = ticks[-1]["outcome"] if ticks else ""
+    typer.echo(f"decision: {result.action}" + (f": {outcome}" if outcome else ""))
 
 
 def _wait_for_version(client: object, version: str) -> None:
@@ -215,12 +224,22 @@ def _wait_for_version(client: object, version: str) -> None:
     typer.echo(f"the server switched to version {version} on its own (it follows the champion alias)")
 
 
-def _worse_batch(cfg: Config, champion: str) -> list[tuple[str, str]]:
-    """Labelled tickets on which `champion` errs where version 1 is right, with as many both get right.
+def _training_texts(cfg: Config) -> set[str]:
+    raw, _ = data.read_at(cfg.data.repo, "HEAD", cfg.data.path)
+    return set(tables.parse_table(raw, cfg.data.path, cfg.data.text_column, cfg.data.label_column)["text"])
 
-    Picked by scoring both versions on new tickets: how such a batch is found, not how traffic arrives.
+
+def _worse_batch(cfg: Config, champion: str, seen: set[str]) -> list[tuple[str, str]]:
+    """New labelled tickets on which `champion` errs where version 1 is right, with as many both get right.
+
+    Picked by scoring both versions on tickets not `seen` before, once each (the monitor judges a
+    champion on rows it was not trained on): how such a batch is found, not how traffic arrives.
     """
-    pool = synthetic.generate_tickets(2, POOL, seed=23)
+    pool, taken = [], set(seen)
+    for text, label in synthetic.generate_tickets(2, POOL, seed=23):
+        if text not in taken:
+            taken.add(text)
+            pool.append((text, label))
     texts = [text for text, _ in pool]
     device = modeling.pick_device(cfg.runtime.device)
     with tempfile.TemporaryDirectory() as scratch, _silenced():

@@ -32,9 +32,18 @@ def monitor(
         raise ConfigError("pass --once for one tick, or --every DURATION (e.g. --every 15m) to keep watching")
     period = _period(every) if every is not None else 0
     cfg = config_for(config)
-    log_path = log if log is not None else Path(cfg.serve.log)
     if cfg.runtime.mode == "local":
+        log_path = log if log is not None else Path(cfg.serve.log)
         traffic.require_log(log_path)
+    else:
+        if log is None:
+            raise ConfigError("on a cluster pass --log with the traffic log's path as the pipeline's pods see it "
+                              "(a mounted volume), not this machine's serve.log")
+        if cfg.policy.auto_retrain:
+            raise ConfigError("a retrain commits new data to data.repo, which the monitor's pods cannot do with a git URL "
+                              "yet; on a cluster set policy.auto_retrain: false (drift is still recorded, rollbacks "
+                              "still happen), or run `tuneloop monitor` where data.repo is checked out")
+        log_path = log
     if registry.alias_of(cfg.registry, registry.CHAMPION) is None:
         raise ConfigError(f"{cfg.registry.model_name} has no champion to monitor; run `tuneloop run` first")
     launcher = launcher_for(cfg, wait=wait)
