@@ -220,12 +220,16 @@ def measure(cfg: Config, log_path: Path, work_dir: Path, now: datetime | None = 
     rows = rows[len(rows) - window_size(len(rows)):]
     labelled_all = labelled_of(cfg, log_path, now)
     recent = labelled_all[labelled_all["time"] >= since] if not labelled_all.empty else labelled_all
+    notes = [f"window: {len(rows)} rows answered by champion {champion_number} since {traffic.format_time(since)}"]
     champion = registry.fetch(cfg.registry, champion_number, work_dir / "champion")
-    previous_number = previous_champion(cfg)
-    previous = registry.fetch(cfg.registry, previous_number, work_dir / "previous") if previous_number else None
+    previous_number, previous = previous_champion(cfg), None
+    if previous_number:
+        try:
+            previous = registry.fetch(cfg.registry, previous_number, work_dir / "previous")
+        except RegistryError as exc:  # the champion is still judged against its own scores; a rollback waits
+            notes.append(f"previous champion {previous_number} not scored: {exc}")
     train, held_out = snapshot_of(cfg, champion.record, work_dir / "reference-snapshot")
     fresh = new_labelled(recent, train)  # fresh evidence: once per text, never a row the champion trained on
-    notes = [f"window: {len(rows)} rows answered by champion {champion_number} since {traffic.format_time(since)}"]
     if window.skipped.total:
         notes.append(window.skipped.summary(str(log_path)))
     texts = list(train["text"]) + list(fresh["text"]) + list(held_out["text"])
@@ -252,7 +256,7 @@ def measure(cfg: Config, log_path: Path, work_dir: Path, now: datetime | None = 
                      f"monitor.min_window_rows={cfg.monitor.min_window_rows}")
     unseen = new_labelled(labelled_all, train, held_out)
     signals = policy.Signals(
-        champion=champion_number, previous=previous_number if theirs is not None else None, window_rows=len(rows),
+        champion=champion_number, previous=previous_number if previous is not None else None, window_rows=len(rows),
         new_rows=len(unseen), drift=[policy.DriftSignal(**s) for s in report["signals"]] if report else [],
         degradation=comparisons,
     )
