@@ -86,15 +86,20 @@ def _two_or_more(values: list[str] | None) -> list[str] | None:
 SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
+def duration_seconds(text: str) -> int | None:
+    """Seconds in a duration written as 90s, 15m, 6h or 2d; None when the text is not one."""
+    found = re.fullmatch(r"(\d+)([smhd])", text.strip())
+    return None if found is None else int(found[1]) * SECONDS[found[2]]
+
+
 def _duration(least: str, most: str) -> BeforeValidator:
     """Accept whole seconds or text such as 90s, 15m, 6h, 2d, within [least, most]; store seconds."""
 
     def seconds(value: Any) -> Any:
         if isinstance(value, str):
-            found = re.fullmatch(r"(\d+)([smhd])", value.strip())
-            if found is None:
+            value = duration_seconds(value)
+            if value is None:
                 raise PydanticCustomError("duration", "must be whole seconds or a duration such as 90s, 15m, 6h or 2d")
-            value = int(found[1]) * SECONDS[found[2]]
         # bool is an int to Python; leave it to the strict int check, which refuses it
         if isinstance(value, int) and not isinstance(value, bool) and not low <= value <= high:
             raise PydanticCustomError("duration_range", "must be from {least} to {most}", {"least": least, "most": most})

@@ -9,8 +9,9 @@ registered scores and with the previous champion on the same rows, paired as the
 decision as a run of the monitor experiment. `retrain_rev` commits the next data revision: the
 current training file plus the newly labelled traffic, minus every text of the held-out rows.
 
-The edges (the CLI and the `monitor` pipeline's steps) submit the retrain through the launcher and
-roll back through `registry.rollback`; this module imports no orchestration.
+The `*_step` functions at the end are what the `monitor` pipeline's components call; the pipeline
+runs the continuous-training pipeline itself on the revision `retrain_rev` commits. This module
+imports no orchestration.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-import numpy as np
 import pandas as pd
 
 from tuneloop import data, drift, evaluation, feedback, gitrepo, modeling, policy, registry, tables, traffic
@@ -35,9 +35,6 @@ from tuneloop.config import Config
 from tuneloop.errors import ConfigError, DataError, RegistryConflict, RegistryError, TuneloopError
 
 log = logging.getLogger(__name__)
-
-SOURCES = ("feedback", "heldout")
-REFERENCE_FILE = "reference.jsonl"  # the champion's training rows with its own predictions: the drift reference
 
 
 @dataclass(frozen=True)
@@ -61,10 +58,6 @@ class Measured:
     def from_dict(cls, raw: dict) -> "Measured":
         """Rebuild from `to_dict` output."""
         return cls(**{**raw, "signals": policy.Signals.from_dict(raw["signals"])})
-
-
-def _utc(text: str) -> datetime:
-    return datetime.fromisoformat(text)
 
 
 def champion_since(cfg: Config, champion: str) -> datetime:
@@ -169,8 +162,7 @@ def new_labelled(labelled: pd.DataFrame, *seen: pd.DataFrame) -> pd.DataFrame:
         return labelled
     known = set().union(*(_known(frame) for frame in seen))
     normal = labelled["text"].map(lambda t: " ".join(str(t).lower().split()))
-    fresh = labelled[~normal.isin(known)]
-    return fresh[~normal[~normal.isin(known)].duplicated()]
+    return labelled[~normal.isin(known) & ~normal.duplicated()]
 
 
 def labelled_of(cfg: Config, log_path: Path, until: datetime) -> pd.DataFrame:
@@ -479,7 +471,7 @@ def retrain_data_step(cfg: Config, log_path: Path, measured_path: Path, decision
     measured = Measured.from_dict(json.loads(measured_path.read_text()))
     decision, run_id = read_decision(decision_path)
     with _acting(cfg, run_id), tempfile.TemporaryDirectory(prefix="tuneloop-retrain-") as scratch:
-        made = retrain_rev(cfg, log_path, _utc(measured.until), Path(scratch), expected_champion=decision.signals.champion)
+        made = retrain_rev(cfg, log_path, datetime.fromisoformat(measured.until), Path(scratch), expected_champion=decision.signals.champion)
     registry.set_tick_outcome(cfg.registry, run_id, f"retrain on data rev {made.rev} "
                                                    f"({made.added_rows} labelled traffic rows added, {made.train_rows} rows)")
     return made.rev

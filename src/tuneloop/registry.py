@@ -404,18 +404,25 @@ def _prepared(candidate: Candidate) -> tuple[list, dict[str, str]]:
     return [metrics, params, [RunTag(k, v) for k, v in candidate.record.tags(state=False).items()]], reports
 
 
+def _experiment_id(client: Any, cfg: RegistryConfig, name: str, folder: str = "") -> tuple[str, bool]:
+    """The id of experiment `name`, and whether this call created it (artifacts under registry.artifact_root/`folder`).
+
+    A tracking server places artifacts itself; a sqlite or file store puts them where the config says.
+    """
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id, False
+    if store.server_places_artifacts(cfg):
+        return client.create_experiment(name), True
+    root = cfg.artifact_root if "://" in cfg.artifact_root else Path(cfg.artifact_root).resolve().as_uri()
+    return client.create_experiment(name, artifact_location=f"{root}/{folder}" if folder else root), True
+
+
 def _write(client: Any, cfg: RegistryConfig, candidate: Candidate, run_name: str, written: _Written) -> Any:
     """Create the run, its artifacts and the version, recording each creation in `written` as it happens."""
     (metrics, params, tags), reports = _prepared(candidate)
-    experiment = client.get_experiment_by_name(cfg.experiment)
-    if experiment is None:
-        written.new_experiment = True
-        if store.server_places_artifacts(cfg):
-            experiment_id = client.create_experiment(cfg.experiment)
-        else:
-            root = cfg.artifact_root if "://" in cfg.artifact_root else Path(cfg.artifact_root).resolve().as_uri()
-            experiment_id = client.create_experiment(cfg.experiment, artifact_location=root)
-        experiment = client.get_experiment(experiment_id)
+    experiment_id, written.new_experiment = _experiment_id(client, cfg, cfg.experiment)
+    experiment = client.get_experiment(experiment_id)
     local = store.local_path(experiment.artifact_location)
     written.artifact_floor = store.nearest_existing(local) if local else None
     written.run = client.create_run(experiment.experiment_id, run_name=run_name)
@@ -869,15 +876,6 @@ def status(cfg: RegistryConfig) -> dict[str, Any]:
 TICK_TAGS = ("model", "action", "wanted", "key", "at", "champion", "rollback_to", "outcome")
 
 
-def _experiment_id(client: Any, cfg: RegistryConfig, name: str) -> str:
-    """The id of experiment `name`, created (with artifacts beside the registry's) when missing."""
-    experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    if store.server_places_artifacts(cfg):
-        return client.create_experiment(name)
-    root = Path(cfg.artifact_root).resolve() / name if "://" not in cfg.artifact_root else f"{cfg.artifact_root}/{name}"
-    return client.create_experiment(name, artifact_location=root.as_uri() if isinstance(root, Path) else root)
 
 
 def record_tick(cfg: RegistryConfig, experiment: str, summary: dict[str, str], metrics: dict[str, float],
@@ -893,7 +891,8 @@ def record_tick(cfg: RegistryConfig, experiment: str, summary: dict[str, str], m
     """
     with _translated(cfg):
         client = _writer(cfg)
-        run = client.create_run(_experiment_id(client, cfg, experiment), run_name=f"{summary['action']}@{summary['champion']}")
+        experiment_id, _ = _experiment_id(client, cfg, experiment, folder=experiment)
+        run = client.create_run(experiment_id, run_name=f"{summary['action']}@{summary['champion']}")
         run_id = run.info.run_id
         try:  # the tags last: a run cut short has none, so `tick_history` never takes it for a decision
             for path, text in documents.items():

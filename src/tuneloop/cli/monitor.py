@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -12,7 +11,7 @@ import typer
 
 from tuneloop import registry, traffic
 from tuneloop.cli.context import CONFIG_HELP, config_for
-from tuneloop.config import SECONDS, Config
+from tuneloop.config import Config, duration_seconds
 from tuneloop.errors import ConfigError, Interrupted, TuneloopError
 
 MIN_EVERY = 60  # a tick scores drift and re-scores held-out rows: more often than a minute only queues ticks
@@ -84,10 +83,9 @@ def _tick(launcher, cfg: Config, log_path: Path) -> None:
 
 
 def _period(text: str) -> int:
-    found = re.fullmatch(r"(\d+)([smhd])", text.strip())
-    if found is None:
+    seconds = duration_seconds(text)
+    if seconds is None:
         raise ConfigError(f"--every {text!r} is not a duration; write e.g. 90s, 15m, 6h or 1d")
-    seconds = int(found[1]) * SECONDS[found[2]]
     if seconds < MIN_EVERY:
         raise ConfigError(f"--every {text} is shorter than {MIN_EVERY}s; a tick takes longer than that, use --every 1m or more")
     return seconds
