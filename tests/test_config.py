@@ -11,8 +11,6 @@ import yaml
 
 from tuneloop.config import (
     Config,
-    IA3Method,
-    LoraMethod,
     config_from_json,
     config_problems,
     json_schema,
@@ -20,6 +18,7 @@ from tuneloop.config import (
     parse_config,
 )
 from tuneloop.errors import ConfigError
+from tuneloop.methods import IA3Method, LoraMethod
 
 SECTIONS = ["data", "model", "method", "quantization", "train", "gate", "registry", "monitor", "policy", "serve", "runtime"]
 
@@ -33,8 +32,9 @@ def write(folder: Path, text: str, name: str = "tuneloop.yaml") -> Path:
 def test_an_empty_section_loads_the_defaults(tmp_path):
     cfg = load_config(write(tmp_path, "data: {}\n"))
     assert isinstance(cfg.method, LoraMethod)
-    assert (cfg.method.r, cfg.method.alpha, cfg.method.target_modules) == (8, 16, ["query", "value"])
-    assert (cfg.train.epochs, cfg.train.batch_size, cfg.train.learning_rate) == (3, 16, 1e-3)
+    # rank, alpha and targets depend on the base: unset here, resolved from it (tests/test_methods.py)
+    assert (cfg.method.r, cfg.method.alpha, cfg.method.target_modules) == (None, None, None)
+    assert (cfg.train.epochs, cfg.train.batch_size, cfg.train.learning_rate, cfg.learning_rate()) == (3, 16, None, 1e-3)
     assert (cfg.data.path, cfg.data.rev, cfg.data.eval_path, cfg.data.eval_fraction) == ("data/train.csv", "HEAD", None, 0.2)
     assert (cfg.quantization.bits, cfg.gate.metric, cfg.runtime.mode) == (0, "macro_f1", "local")
     assert cfg.registry.model_name == "tuneloop-classifier"
@@ -62,7 +62,7 @@ def test_a_section_overrides_only_its_keys(tmp_path):
     assert cfg.train.epochs == 7
     assert cfg.train.batch_size == 16
     assert isinstance(cfg.method, IA3Method)
-    assert cfg.method.target_modules == ["key", "value", "output.dense"]
+    assert (cfg.method.target_modules, cfg.learning_rate()) == (None, 3e-3)
 
 
 def test_unknown_top_level_key(tmp_path):
@@ -76,7 +76,7 @@ def test_unknown_nested_key(tmp_path):
 
 
 def test_unknown_key_inside_the_method(tmp_path):
-    with pytest.raises(ConfigError, match=r"^method\.lora\.rank: unknown key"):
+    with pytest.raises(ConfigError, match=r"^method\.rank: unknown key"):
         load_config(write(tmp_path, "method:\n  name: lora\n  rank: 4\n"))
 
 
@@ -91,12 +91,12 @@ def test_out_of_range_value_names_the_bound(tmp_path):
 
 
 def test_unknown_method_lists_the_known_ones(tmp_path):
-    with pytest.raises(ConfigError, match=r"^method: unknown method 'lorax'; use one of: lora, ia3$"):
+    with pytest.raises(ConfigError, match=r"^method: unknown method 'lorax'; use one of: lora, dora, rslora, loftq, loha, lokr, adalora, ia3, prompt_tuning, prefix_tuning, p_tuning, full$"):
         load_config(write(tmp_path, "method:\n  name: lorax\n"))
 
 
 def test_method_without_a_name_says_to_add_one(tmp_path):
-    with pytest.raises(ConfigError, match=r"^method: no method name; add `name:` with one of: lora, ia3$"):
+    with pytest.raises(ConfigError, match=r"^method: no method name; add `name:` with one of: lora, dora, rslora, loftq, loha, lokr, adalora, ia3, prompt_tuning, prefix_tuning, p_tuning, full$"):
         load_config(write(tmp_path, "method:\n  r: 16\n"))
 
 
@@ -242,7 +242,7 @@ def test_a_base_model_folder_next_to_the_config_resolves(tmp_path):
 STRICT_CASES = {
     "bool for an int": ("train:\n  epochs: true\n", 'train.epochs = true: input should be a valid integer; fix the value'),
     "string for a float": ('gate:\n  margin: "1.0"\n', 'gate.margin = "1.0": input should be a valid number'),
-    "float for an int": ("method:\n  name: lora\n  r: 8.5\n", "method.lora.r = 8.5: input should be a valid integer"),
+    "float for an int": ("method:\n  name: lora\n  r: 8.5\n", "method.r = 8.5: input should be a valid integer"),
     "int for a bool": ("data:\n  allow_duplicates: 1\n", "data.allow_duplicates = 1: input should be a valid boolean"),
     "empty text column": ('data:\n  text_column: ""\n', 'data.text_column = "": must not be empty'),
     "blank label column": ('data:\n  label_column: "  "\n', 'data.label_column = "  ": must not be empty'),
@@ -262,7 +262,7 @@ STRICT_CASES = {
     "seed beyond numpy": ("train:\n  seed: 4294967296\n", "train.seed = 4294967296: input should be less than or equal to 4294967295"),
     "NaN learning rate": ("train:\n  learning_rate: .nan\n", "train.learning_rate = NaN: input should be a finite number"),
     "huge learning rate": ("train:\n  learning_rate: 5.0\n", "train.learning_rate = 5.0: input should be less than or equal to 1"),
-    "empty target module": ('method:\n  name: lora\n  target_modules: [query, ""]\n', 'method.lora.target_modules.1 = "": must not be empty'),
+    "empty target module": ('method:\n  name: lora\n  target_modules: [query, ""]\n', 'method.target_modules.1 = "": must not be empty'),
     "repeated target module": ("method:\n  name: lora\n  target_modules: [query, query]\n", "lists ['query'] more than once"),
     "IA3 feed-forward not a target": (
         "method:\n  name: ia3\n  target_modules: [key, value]\n  feedforward_modules: [output.dense]\n",

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from tuneloop import methods, modeling, preflight, quantization
-from tuneloop.config import IA3Method, LoraMethod, QuantizationConfig, parse_config
+from tuneloop.config import QuantizationConfig, parse_config
+from tuneloop.methods import IA3Method, LoraMethod
 from tuneloop.errors import ConfigError, TrainingError
 
 

@@ -1,11 +1,10 @@
-"""Unit tests for training: the PEFT method matrix on tiny random models, then `train` end to end."""
+"""`train` end to end on tiny random models: what it writes and reports, its loop's options, and the
+same run on two processes (the method matrix is tests/test_methods.py)."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import pytest
@@ -13,7 +12,8 @@ import torch
 import yaml
 
 from tuneloop import modeling, synthetic, tokenization, training
-from tuneloop.config import Config, IA3Method, LoraMethod, QuantizationConfig, parse_config
+from tuneloop.config import Config, QuantizationConfig, parse_config
+from tuneloop.methods import IA3Method, LoraMethod
 from tuneloop.errors import TrainingError
 from tests.conftest import tiny_config_text
 
@@ -35,146 +35,6 @@ def tiny_model_64(tmp_path_factory) -> Path:
     BertForSequenceClassification(config).save_pretrained(str(folder))
     tokenizer.save_pretrained(str(folder))
     return folder
-
-
-@dataclass(frozen=True)
-class Case:
-    """One row of the method matrix."""
-
-    method: LoraMethod | IA3Method
-    quant: QuantizationConfig
-    marker: str  # every trainable adapter parameter's name contains this
-    quantized_layer: str | None  # class name the frozen linear layers must have, None for full precision
-    base: str = "tiny_model"  # fixture holding the base model folder
-
-
-CASES = [
-    pytest.param(Case(LoraMethod(), QuantizationConfig(), "lora_", None), id="lora"),
-    pytest.param(Case(IA3Method(), QuantizationConfig(), "ia3_", None), id="ia3"),
-    pytest.param(
-        Case(LoraMethod(), QuantizationConfig(bits=4, quant_type="nf4", double_quant=True), "lora_", "Linear4bit",
-             base="tiny_model_64"),
-        id="qlora-nf4-double-quant",
-    ),
-    pytest.param(Case(LoraMethod(), QuantizationConfig(bits=8), "lora_", "Linear8bitLt"), id="lora-8bit"),
-]
-
-
-def build(case: Case, base: Path):
-    """Build the base classifier with a fresh adapter, as training does."""
-    model = modeling.load_classifier(base, LABELS, case.quant, "cpu")
-    return modeling.attach_adapter(model, case.method, TASK, case.quant)
-
-
-def fixed_batch(base: Path) -> dict:
-    """One tokenized batch of 16 synthetic tickets with their label ids."""
-    rows = synthetic.generate_tickets(1, 16, seed=0)
-    texts, ids = [text for text, _ in rows], [LABELS.index(label) for _, label in rows]
-    return next(tokenization.batches(modeling.load_tokenizer(base), texts, ids, 16, 32))
-
-
-def loss_with_fixed_dropout(model, batch) -> torch.Tensor:
-    # Reseeding before every forward gives the same dropout masks, so losses compare like for like
-    # without eval mode (a no-grad eval forward repacks bitsandbytes 4-bit weights for inference).
-    torch.manual_seed(0)
-    return model(**batch).loss
-
-
-def two_steps(model, batch) -> tuple[float, float]:
-    """Take two AdamW steps on one batch; return the loss before and after them."""
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    model.train()
-    before = None
-    for _ in range(2):
-        loss = loss_with_fixed_dropout(model, batch)
-        before = loss.item() if before is None else before
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    with torch.no_grad():
-        return before, loss_with_fixed_dropout(model, batch).item()
-
-
-def meta_for(case: Case, base: Path) -> modeling.AdapterMeta:
-    base_sha, tokenizer_sha = modeling.fingerprint(base)
-    return modeling.AdapterMeta(
-        labels=LABELS, base_model=str(base), base_sha256=base_sha, tokenizer_sha256=tokenizer_sha, task=TASK,
-        max_length=32, method=case.method.model_dump(), quantization=case.quant.model_dump(),
-    )
-
-
-@dataclass
-class Built:
-    """One case taken through build, two training steps and save, with what each stage showed."""
-
-    case: Case
-    base: Path
-    model: Any
-    trainable: list[str]
-    losses: tuple[float, float]
-    inputs: dict
-    logits: torch.Tensor  # the in-memory model's, in eval mode, after the two steps
-    adapter_dir: Path
-    adapter_bytes: int
-
-
-@pytest.fixture(scope="module", params=CASES)
-def built(request, tmp_path_factory) -> Built:
-    """Run each case once (building a model is most of the cost); the tests below check the stages."""
-    case = request.param
-    base = request.getfixturevalue(case.base)
-    torch.manual_seed(0)
-    model = build(case, base)
-    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
-    batch = fixed_batch(base)
-    losses = two_steps(model, batch)  # so the saved weights also differ from a fresh adapter's
-    inputs = {key: value for key, value in batch.items() if key != "labels"}
-    model.eval()
-    with torch.no_grad():
-        logits = model(**inputs).logits
-    adapter_dir = tmp_path_factory.mktemp("adapter")
-    size = modeling.save_adapter(model, adapter_dir, meta_for(case, base))
-    return Built(case, base, model, trainable, losses, inputs, logits, adapter_dir, size)
-
-
-def test_builds_with_the_configured_adapter_and_storage(built):
-    kinds = {type(module).__name__ for module in built.model.modules()}
-    assert type(built.model).__name__ == "PeftModelForSequenceClassification"
-    if built.case.quantized_layer:
-        assert built.case.quantized_layer in kinds
-    else:
-        assert not kinds & {"Linear4bit", "Linear8bitLt"}
-    head = built.model.base_model.model.classifier.modules_to_save["default"]
-    assert head.weight.dtype == torch.float32  # the head trains, so it is never quantized
-    assert head.out_features == len(LABELS)
-
-
-def test_only_adapter_and_head_parameters_train(built):
-    marker = built.case.marker
-    assert all(marker in name or "modules_to_save" in name for name in built.trainable), built.trainable
-    assert any(marker in name for name in built.trainable)
-    assert any("modules_to_save" in name for name in built.trainable)
-    params = list(built.model.parameters())
-    assert sum(p.numel() for p in params if p.requires_grad) < sum(p.numel() for p in params)
-
-
-def test_two_steps_on_one_batch_lower_the_loss(built):
-    before, after = built.losses
-    assert after < before
-
-
-def test_save_then_load_gives_identical_logits(built):
-    reloaded, _, meta = modeling.load_adapter(built.adapter_dir, "cpu")
-    with torch.no_grad():
-        logits = reloaded(**built.inputs).logits
-    assert meta.labels == LABELS
-    assert torch.allclose(logits, built.logits, atol=1e-5), (logits - built.logits).abs().max()
-
-
-def test_adapter_is_much_smaller_than_the_base(built):
-    assert (built.adapter_dir / modeling.ADAPTER_WEIGHTS).is_file()
-    # The whole folder counts, the full-precision classifier head and the metadata files included.
-    assert built.adapter_bytes < os.path.getsize(built.base / "model.safetensors") / 5
 
 
 # --- train() end to end -------------------------------------------------------------------------
@@ -222,11 +82,9 @@ def test_train_reports_what_it_trained(trained):
 
 def test_4bit_run_counts_every_base_parameter(tiny_model_64, tmp_path):
     # bitsandbytes stores two 4-bit weights per element, so numel() alone reports too few.
-    full = build(Case(LoraMethod(), QuantizationConfig(), "lora_", None), tiny_model_64)
-    cfg = config(tiny_model_64, quantization={"bits": 4})
-    result = training.train(tickets(), cfg, tmp_path)
-    assert result.total_params == sum(p.numel() for p in full.parameters())
-    assert result.trainable_params == sum(p.numel() for p in full.parameters() if p.requires_grad)
+    plain = training.train(tickets(), config(tiny_model_64), tmp_path / "plain")
+    four_bit = training.train(tickets(), config(tiny_model_64, quantization={"bits": 4}), tmp_path / "4bit")
+    assert (four_bit.total_params, four_bit.trainable_params) == (plain.total_params, plain.trainable_params)
 
 
 def test_seeded_runs_repeat_exactly(tiny_model, trained, tmp_path):
@@ -250,8 +108,11 @@ def test_early_stopping_keeps_the_best_epoch(tiny_model, tmp_path):
 
 def test_unknown_target_module_is_a_training_error(tiny_model, tmp_path):
     cfg = config(tiny_model, method={"name": "lora", "target_modules": ["nope"]})
-    with pytest.raises(TrainingError, match=r"method.target_modules \[.nope.\] match no layer of the base model; use some of its linear layers: .*query"):
+    with pytest.raises(TrainingError, match=r"^method.target_modules: 'nope' matches no layer of model.base .*; "
+                                            r"use some of its adaptable layers: dense, key, position_embeddings, query, "
+                                            r"token_type_embeddings, value, word_embeddings$"):
         training.train(tickets(), cfg, tmp_path)
+    assert list(tmp_path.iterdir()) == []  # refused before anything was written
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
@@ -259,3 +120,48 @@ def test_cuda_without_a_gpu_is_a_training_error(tiny_model, tmp_path):
     cfg = config(tiny_model, runtime={"device": "cuda"})
     with pytest.raises(TrainingError, match="runtime.device is cuda but no CUDA device is visible"):
         training.train(tickets(), cfg, tmp_path)
+
+
+# --- the loop's options ---------------------------------------------------------------------------
+
+
+def padding(batches: list[list[int]], lengths: list[int]) -> int:
+    return sum(max(lengths[i] for i in batch) * len(batch) - sum(lengths[i] for i in batch) for batch in batches)
+
+
+def test_length_grouping_batches_similar_lengths_and_keeps_every_row_once():
+    lengths = list(range(1, 65)) + [7, 3]  # 66 rows: 8 full batches of 8 and a short one of 2
+    grouped = training.Batches(lengths, 8, seed=0, group=True)
+    first, second = list(grouped), list(grouped)
+    for batches in (first, second):
+        assert sorted(i for batch in batches for i in batch) == list(range(66))
+        assert [len(batch) for batch in batches] == [8] * 8 + [2]  # the short batch last, every pass
+    assert first != second  # each pass reshuffles
+    # One bucket (66 rows < 50 batches), so the rows are sorted by length and cut into 8s, whatever
+    # the seed: seven batches of 8 consecutive lengths (64..57 ... 16..9) pad 0+1+...+7 = 28 each,
+    # then [8, 7, 7, 6, 5, 4, 3, 3] pads 21 and [2, 1] pads 1: 7 x 28 + 21 + 1 = 218.
+    assert padding(first, lengths) == 218
+    assert list(training.Batches(lengths, 8, seed=0, group=True)) == first  # same seed, same batches
+    assert padding(list(training.Batches(lengths, 8, seed=0, group=False)), lengths) == 1714  # seed 0, unsorted
+
+
+def test_gradient_accumulation_takes_one_step_per_group_of_batches(tiny_model, tmp_path):
+    result = training.train(tickets(), config(tiny_model, train={"gradient_accumulation": 2}), tmp_path)
+    assert (result.steps, len(result.loss_curve)) == (3, 3)  # 5 batches of 16: steps after 2, 4 and the last
+
+
+def test_bf16_autocast_trains_on_the_cpu(tiny_model, trained, tmp_path):
+    plain, _ = trained
+    result = training.train(tickets(), config(tiny_model, train={"precision": "bf16"}), tmp_path)
+    assert (result.precision, result.steps) == ("bf16", plain.steps)
+    gaps = [abs(a - b) for a, b in zip(result.loss_curve, plain.loss_curve)]
+    assert result.loss_curve != plain.loss_curve and max(gaps) < 0.05  # bf16 rounding, not another run
+
+
+def test_train_reports_its_efficiency(tiny_model, tmp_path):
+    result = training.train(tickets(), config(tiny_model, train={"price_per_hour": 3.6}), tmp_path)
+    assert result.cost == pytest.approx(result.wall_seconds / 1000)  # 3.6 per hour = 0.001 per second
+    assert (result.method, result.processes, len(result.loss_curve), len(result.weights_sha256)) == ("lora", 1, 5, 1)
+    # tokens per second over samples per second: the mean unpadded tokens of the 72 training rows
+    per_row = result.tokens_per_second / result.samples_per_second
+    assert 5 < per_row < 32  # short synthetic tickets, at most max_length 32 tokens each

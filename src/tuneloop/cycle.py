@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from importlib import metadata
@@ -27,7 +28,10 @@ from tuneloop.registry import Candidate, Registered, VersionRecord
 
 log = logging.getLogger(__name__)
 
-LIBRARIES = ("torch", "transformers", "peft", "bitsandbytes", "mlflow", "dvc", "kfp")
+LIBRARIES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "mlflow", "dvc", "kfp")
+# What every run measures of its cost (train.json keys, logged as run metrics, shown by `registry show`).
+EFFICIENCY = ("trainable_params", "total_params", "peak_memory_mb", "wall_seconds", "samples_per_second",
+              "tokens_per_second", "adapter_bytes", "cost")
 
 
 @dataclass(frozen=True)
@@ -87,11 +91,11 @@ def validate_step(cfg: Config, rev: str, out_dir: Path) -> data.Snapshot:
 
 
 def train_step(cfg: Config, snapshot_dir: Path, out_dir: Path) -> training.TrainResult:
-    """Check the base model and method, then train an adapter on a snapshot's training rows."""
-    preflight.check_model(cfg, preflight.check_runtime(cfg.runtime))
+    """Train on a snapshot's training rows (training checks the base model and method first)."""
     _, train_rows, _ = data.load_snapshot(snapshot_dir)
     result = training.train(train_rows, cfg, out_dir)
-    (out_dir / "train.json").write_text(json.dumps(result.to_dict(), indent=2))
+    if not os.environ.get("RANK", "0").strip("0"):  # in a distributed run, the main process writes
+        (out_dir / "train.json").write_text(json.dumps(result.to_dict(), indent=2))
     return result
 
 
@@ -206,8 +210,9 @@ def candidate_record(
     metrics = {
         **headline, "latency_ms": scores.candidate.latency_ms,
         **{f"f1.{label}": value for label, value in scores.candidate.per_class_f1.items()},
-        **{key: float(trained[key]) for key in ("trainable_params", "total_params", "peak_memory_mb", "wall_seconds",
-                                                "samples_per_second", "adapter_bytes", "dev_loss", "dev_accuracy")},
+        **{key: float(trained[key]) for key in EFFICIENCY + ("dev_loss", "dev_accuracy") if key in trained},
+        "trainable_percent": 100 * trained["trainable_params"] / trained["total_params"],
+        "latency_p50_ms": scores.candidate.latency_p50_ms, "latency_p95_ms": scores.candidate.latency_p95_ms,
     }
     record = VersionRecord(
         base_model=meta.base_model, base_sha256=meta.base_sha256, tokenizer_sha256=meta.tokenizer_sha256, task=meta.task,

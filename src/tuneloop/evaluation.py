@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ PERCENTILES = (2.5, 97.5)  # a two-sided 95% interval: its lower bound is a one-
 EXACT_MCNEMAR_MAX = 1000  # up to this many discordant rows the binomial tail is summed in integers
 CHUNK_CELLS = 2_000_000  # bootstrap cells held at once (16 MB of int64), whatever the rows and labels
 METRICS = ("accuracy", "macro_f1")
+LATENCY_TEXTS = 32  # single-text predictions timed per evaluation: p95 of 32 is the second slowest
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,8 @@ class EvalReport:
     scores: list[float] = field(default_factory=list)
     slices: list[str] | None = None
     model_labels: list[str] = field(default_factory=list)
+    latency_p50_ms: float = 0.0  # one text per forward pass (what a lone request waits), over LATENCY_TEXTS texts
+    latency_p95_ms: float = 0.0
 
     def to_dict(self) -> dict:
         """Return a JSON-serializable form."""
@@ -297,14 +300,34 @@ def predict(adapter_dir: Path, texts: list[str], device: str, batch_size: int = 
     return labels, latency
 
 
+def single_text_latency(model: Any, tokenizer: Any, meta: modeling.AdapterMeta, texts: list[str], device: str) -> tuple[float, float]:
+    """Median and 95th percentile of the time to label one text alone, in milliseconds (after one warm-up)."""
+    sample = texts[:LATENCY_TEXTS]
+    if not sample:
+        return 0.0, 0.0
+    score_loaded(model, tokenizer, meta, sample[:1], device, 1)
+    times = []
+    for text in sample:
+        started = time.perf_counter()
+        score_loaded(model, tokenizer, meta, [text], device, 1)
+        times.append(1000 * (time.perf_counter() - started))
+    return float(np.percentile(times, 50)), float(np.percentile(times, 95))
+
+
 def evaluate(adapter_dir: Path, held_out: pd.DataFrame, device: str, batch_size: int = 64) -> EvalReport:
     """Evaluate an adapter on held-out rows (columns text, label, and slice when the rows carry one)."""
-    predicted, probabilities, latency = predict_scored(adapter_dir, held_out["text"].tolist(), device, batch_size)
+    texts = held_out["text"].tolist()
+    model, tokenizer, meta = modeling.load_adapter(adapter_dir, device)
+    started = time.perf_counter()
+    predicted, probabilities = score_loaded(model, tokenizer, meta, texts, device, batch_size)
+    latency = 1000 * (time.perf_counter() - started) / max(len(texts), 1)
+    p50, p95 = single_text_latency(model, tokenizer, meta, texts, device)
     labels = sorted(set(held_out["label"]) | set(predicted))
     slices = held_out["slice"].astype(str).tolist() if "slice" in held_out.columns else None
     report = score(
         held_out["label"].tolist(), predicted, labels, latency, scores=probabilities, slices=slices,
-        model_labels=modeling.read_adapter_meta(adapter_dir).labels,
+        model_labels=meta.labels,
     )
+    report = replace(report, latency_p50_ms=p50, latency_p95_ms=p95)
     log.info("evaluated %s on %d rows: accuracy %.4f macro-F1 %.4f", adapter_dir, report.rows, report.accuracy, report.macro_f1)
     return report

@@ -8,6 +8,7 @@ is everything needed to load it back onto the right base.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -46,6 +47,8 @@ class BaseFacts:
         max_positions: longest input the position embeddings allow; None when the model has no limit.
         layers: every module's dotted name mapped to its class name (e.g. "Linear").
         in_features: input width of every torch.nn.Linear, by dotted name.
+        parameters: the base's parameter count.
+        takes_past_key_values: whether its forward accepts past_key_values (prefix tuning needs it).
     """
 
     folder: Path
@@ -53,6 +56,8 @@ class BaseFacts:
     max_positions: int | None
     layers: dict[str, str]
     in_features: dict[str, int]
+    parameters: int = 0
+    takes_past_key_values: bool = False
 
 
 @dataclass(frozen=True)
@@ -140,6 +145,8 @@ def inspect_base(base: str) -> BaseFacts:
         folder=folder, model_type=config.model_type, max_positions=positions,
         layers={name: type(module).__name__ for name, module in modules},
         in_features={name: module.in_features for name, module in modules if isinstance(module, torch.nn.Linear)},
+        parameters=sum(p.numel() for p in model.parameters()),
+        takes_past_key_values="past_key_values" in inspect.signature(model.forward).parameters,
     )
 
 
@@ -244,24 +251,44 @@ def load_classifier(folder: Path, labels: list[str], quant: QuantizationConfig, 
     return model if bnb is not None else model.to(device)
 
 
-def attach_adapter(model: Any, method: Any, task: str, quant: QuantizationConfig) -> Any:
-    """Wrap a base model with a fresh, trainable adapter of the configured method."""
-    import torch
+def attach_adapter(model: Any, method: Any, task: str, quant: QuantizationConfig, run: dict) -> Any:
+    """Make a base model trainable by a resolved method section: a fresh adapter, or every weight for full fine-tuning.
+
+    Args:
+        model: the base model, as `load_classifier` returns it.
+        method: the method section with its defaults resolved (`methods.resolve`).
+        task: model.task.
+        quant: how the base is stored.
+        run: facts a method may need: total_steps, base_dir (see `methods.peft_config`).
+    """
     from peft import get_peft_model
 
+    if methods.get(method.name).full:
+        model.requires_grad_(True)
+        return model
     model = quantization.prepare_for_training(model, quant)
     try:
-        return get_peft_model(model, methods.peft_config(method, task))
-    except ValueError as exc:  # peft: no module matched the targets
-        layers = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
-        raise TrainingError(
-            f"method.target_modules {list(method.target_modules)} match no layer of the base model; "
-            f"use some of its linear layers: {', '.join(layers)}"
-        ) from exc
+        model = get_peft_model(model, methods.peft_config(method, task, run))
+    except ValueError as exc:  # peft: no module matched the targets (preflight names them first)
+        raise TrainingError(f"method.target_modules {method.target_modules} match no layer of the base model "
+                            f"({str(exc).splitlines()[0]}); run `tuneloop config validate` for the layers it has") from exc
+    if method.name == "loftq":
+        quantization.loftq_init(model, Path(run["base_dir"]))
+    return model
+
+
+def parameter_counts(model: Any) -> tuple[int, int]:
+    """Trainable and total parameters of a model being trained (peft's count for an adapter model:
+    bitsandbytes packs two 4-bit weights per stored element, so numel() alone reports too few)."""
+    if hasattr(model, "get_nb_trainable_parameters"):
+        return model.get_nb_trainable_parameters()
+    params = list(model.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
 
 
 def save_adapter(model: Any, folder: Path, meta: AdapterMeta) -> int:
-    """Save adapter weights (safetensors) and metadata; return the adapter's size in bytes."""
+    """Save the trained weights (an adapter's, or the whole model's for full fine-tuning; safetensors)
+    and the metadata; return the folder's size in bytes."""
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(folder), safe_serialization=True)
     (folder / ADAPTER_META).write_text(json.dumps(asdict(meta), indent=2))
@@ -325,21 +352,25 @@ def _safetensors_problem(path: Path) -> str | None:
 
 
 def read_adapter_meta(folder: Path) -> AdapterMeta:
-    """Read an adapter folder's metadata.
+    """Read an adapter folder's metadata (a fully fine-tuned model's folder too).
 
     Raises:
         RegistryError: when the folder is not a tuneloop adapter (or holds pickled weights only), or
             its metadata file is unreadable.
     """
-    if not (folder / ADAPTER_META).is_file() or not (folder / ADAPTER_WEIGHTS).is_file():
+    if not (folder / ADAPTER_META).is_file():
         raise RegistryError(f"{folder} is not a tuneloop adapter (needs {ADAPTER_META} and {ADAPTER_WEIGHTS})")
     try:
-        return AdapterMeta(**json.loads((folder / ADAPTER_META).read_text()))
-    except (ValueError, TypeError) as exc:  # not JSON, or keys that are not AdapterMeta's
+        meta = AdapterMeta(**json.loads((folder / ADAPTER_META).read_text()))
+        weights = methods.saved_weights(folder, meta.method["name"])
+    except (ValueError, TypeError, KeyError, TrainingError) as exc:  # not JSON, or not AdapterMeta's keys
         raise RegistryError(
             f"{folder / ADAPTER_META} is not tuneloop adapter metadata ({type(exc).__name__}: {exc}); "
             "re-register the adapter from the folder training wrote"
         ) from None
+    if not weights.is_file():
+        raise RegistryError(f"{folder} is not a tuneloop adapter (needs {ADAPTER_META} and {weights.name})")
+    return meta
 
 
 def check_contract(folder: Path, meta: AdapterMeta, base: str | None = None) -> Path:
@@ -389,12 +420,15 @@ def load_adapter(folder: Path, device: str, base: str | None = None) -> tuple[An
     check_adapter_files(folder)
     meta = read_adapter_meta(folder)
     base_dir = check_contract(folder, meta, base)
-    from peft import PeftModel  # after the checks: a refused adapter costs no peft import (~3 s)
-    quant = QuantizationConfig(**meta.quantization)
-    model = load_classifier(base_dir, meta.labels, quant, device)
-    # peft reads adapter_model.safetensors whenever it exists (read_adapter_meta demands it) and only
-    # otherwise torch.loads adapter_model.bin; its use_safetensors argument guards disk offload only
-    # (peft 0.21.2, load_peft_weights), so check_adapter_files above is what keeps pickles out.
-    model = PeftModel.from_pretrained(model, str(folder), is_trainable=False)
+    if methods.get(meta.method["name"]).full:
+        # A fully fine-tuned model is its own weights; the base it started from gives the tokenizer.
+        model = load_classifier(folder, meta.labels, QuantizationConfig(), device)
+    else:
+        from peft import PeftModel  # after the checks: a refused adapter costs no peft import (~3 s)
+        model = load_classifier(base_dir, meta.labels, QuantizationConfig(**meta.quantization), device)
+        # peft reads adapter_model.safetensors whenever it exists (read_adapter_meta demands it) and only
+        # otherwise torch.loads adapter_model.bin; its use_safetensors argument guards disk offload only
+        # (peft 0.21.2, load_peft_weights), so check_adapter_files above is what keeps pickles out.
+        model = PeftModel.from_pretrained(model, str(folder), is_trainable=False)
     model.eval()
     return model, load_tokenizer(base_dir), meta

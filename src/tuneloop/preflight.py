@@ -9,12 +9,14 @@ check: writability is tested with a temporary file that is removed again.
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from tuneloop import methods, modeling, quantization
 from tuneloop.config import Config, RuntimeConfig
-from tuneloop.errors import ConfigError, TuneloopError
+from tuneloop.errors import ConfigError, TrainingError, TuneloopError
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +82,50 @@ def check_model(cfg: Config, device: str) -> modeling.BaseFacts:
             f"model.max_length {cfg.model.max_length} exceeds the {facts.max_positions} positions of model.base "
             f"{cfg.model.base!r}; set model.max_length to at most {facts.max_positions}"
         )
-    methods.check_targets(cfg.method, facts.layers, cfg.model.base)
+    method = resolved_method(cfg, facts)
+    methods.check_targets(method, facts.layers, cfg.model.base)
+    _check_method_on_base(cfg, method, facts, device)
     quantization.check_layers(cfg.quantization, facts.in_features, device)
+    _check_precision(cfg, device)
     log.debug("base %s (%s): %d modules, %s positions", cfg.model.base, facts.model_type, len(facts.layers),
               facts.max_positions)
     return facts
+
+
+def resolved_method(cfg: Config, facts: modeling.BaseFacts) -> Any:
+    """The method section with its base-dependent defaults filled in (rank by size, targets by architecture)."""
+    return methods.resolve(cfg.method, facts.model_type, facts.parameters, cfg.model.base)
+
+
+def _check_method_on_base(cfg: Config, method: Any, facts: modeling.BaseFacts, device: str) -> None:
+    """Refuse the method/base/device combinations that peft or bitsandbytes would fail on mid-run."""
+    base = f"model.base {cfg.model.base!r}"
+    if method.name == "prefix_tuning" and not facts.takes_past_key_values:
+        raise TrainingError(
+            f"method.name prefix_tuning needs a model that takes past_key_values, and the {cfg.model.task} model of "
+            f"{base} (a {facts.model_type!r}) does not; use p_tuning or prompt_tuning, or another base"
+        )
+    tokens = getattr(method, "num_virtual_tokens", 0)
+    if method.name != "prefix_tuning" and tokens and facts.max_positions is not None \
+            and cfg.model.max_length + tokens > facts.max_positions:
+        raise ConfigError(
+            f"model.max_length {cfg.model.max_length} + method.num_virtual_tokens {tokens} exceed the "
+            f"{facts.max_positions} positions of {base}; lower one of them to fit"
+        )
+    if method.name == "dora" and cfg.quantization.bits == 8 and not device.startswith("cuda"):
+        raise TrainingError(
+            "method.name dora on quantization.bits 8 fails in bitsandbytes' CPU int8 layer (its scales are gone "
+            "after DoRA reads the weight); use quantization.bits 4 or 0 here, or runtime.device cuda"
+        )
+
+
+def _check_precision(cfg: Config, device: str) -> None:
+    """fp16 autocast is a CUDA feature, and a split global batch must divide among the processes."""
+    if cfg.train.precision == "fp16" and not device.startswith("cuda"):
+        raise TrainingError("train.precision fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    if cfg.train.batch_size % processes:
+        raise ConfigError(
+            f"train.batch_size {cfg.train.batch_size} does not divide among {processes} processes (WORLD_SIZE); "
+            f"use a multiple of {processes}"
+        )

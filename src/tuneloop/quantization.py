@@ -7,6 +7,7 @@ quantized weights cannot take gradients.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from tuneloop.config import QuantizationConfig
@@ -82,3 +83,57 @@ def library_version() -> str | None:
     except ImportError:
         return None
     return bitsandbytes.__version__
+
+
+def _original_weights(base_dir: Path) -> dict[str, tuple[Path, str]]:
+    """Every `.weight` tensor in the base's safetensors files: its key (and the key without its
+    first dotted part, as files saved from a bare encoder lack the `bert.` prefix) -> (file, key)."""
+    from safetensors import safe_open
+
+    found: dict[str, tuple[Path, str]] = {}
+    for file in sorted(base_dir.glob("*.safetensors")):
+        with safe_open(str(file), "pt") as handle:
+            for key in handle.keys():
+                found.setdefault(key, (file, key))
+                found.setdefault(key.split(".", 1)[-1], (file, key))
+    return found
+
+
+def loftq_init(model: Any, base_dir: Path) -> int:
+    """Start each LoRA pair on a 4-bit layer from that layer's quantization error (LoftQ, one iteration).
+
+    With W the base's original weight and Q its 4-bit storage, B·A is set to the rank-r truncated
+    SVD of W - Q (divided by the LoRA scale), so Q + scale·B·A is the closest rank-r correction of
+    the quantized layer back to W, instead of starting from B = 0. peft's own LoftQ code computes on
+    CUDA only; this runs wherever the 4-bit weights are. Returns the number of layers initialized.
+
+    Raises:
+        TrainingError: when a layer's original weight is not in the base's safetensors files.
+    """
+    import bitsandbytes as bnb
+    import torch
+    from safetensors import safe_open
+
+    originals = _original_weights(base_dir)
+    done = 0
+    for name, module in model.named_modules():
+        base = getattr(module, "base_layer", None)
+        if not isinstance(base, bnb.nn.Linear4bit) or "default" not in getattr(module, "lora_A", {}):
+            continue
+        path = name.removeprefix("base_model.model.") + ".weight"
+        source = originals.get(path) or originals.get(path.split(".", 1)[-1])
+        if source is None:
+            raise TrainingError(f"method.name loftq: the original weight of {path} is not in the base's safetensors "
+                                "files; save the base with save_pretrained (safetensors) and retry")
+        with safe_open(str(source[0]), "pt") as handle:
+            original = handle.get_tensor(source[1]).float()
+        with torch.no_grad():
+            quantized = bnb.functional.dequantize_4bit(base.weight.data, base.weight.quant_state).float()
+            left, values, right = torch.linalg.svd(original.to(quantized.device) - quantized, full_matrices=False)
+            rank = module.r["default"]
+            root = values[:rank].sqrt()
+            lora_a, lora_b = module.lora_A["default"].weight, module.lora_B["default"].weight
+            lora_a.copy_((root[:, None] * right[:rank]).to(lora_a.dtype))
+            lora_b.copy_((left[:, :rank] * root / module.scaling["default"]).to(lora_b.dtype))
+        done += 1
+    return done

@@ -1,8 +1,11 @@
-"""The training loop: fit an adapter on a frozen base, readable top to bottom.
+"""The training loop: fit a method on a base model, readable top to bottom, from a laptop CPU to N GPUs.
 
-Seeded, with a dev split carved from the training rows (never the held-out rows) for early
-stopping, a checkpoint per epoch, the best epoch kept as the adapter, and progress logged every
-`train.log_every` steps with loss, throughput and time left.
+The same loop runs in one process or in N (`torchrun --nproc_per_node N -m tuneloop train ...` or
+`accelerate launch`): `accelerate` wraps the model in DDP, splits each global batch of
+`train.batch_size` rows among the processes, and applies mixed precision. Seeded, with a dev split
+carved from the training rows (never the held-out rows) for early stopping, a checkpoint per
+epoch, the best epoch kept, gradient clipping and accumulation, length-grouped batches, and
+progress logged every `train.log_every` optimizer steps with loss, throughput and time left.
 """
 
 from __future__ import annotations
@@ -13,22 +16,26 @@ import random
 import resource
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pandas as pd
 
-from tuneloop import modeling
-from tuneloop.tokenization import batches
+from tuneloop import modeling, preflight
 from tuneloop.config import Config
+from tuneloop.errors import TrainingError
+from tuneloop.tokenization import batches
 
 log = logging.getLogger(__name__)
+
+BUCKET_BATCHES = 50  # length grouping sorts within 50 batches: padding drops, batches stay varied
+PRECISIONS = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
 
 
 @dataclass(frozen=True)
 class TrainResult:
-    """What one training run produced and measured."""
+    """What one training run produced and measured (throughputs over every process together)."""
 
     adapter_dir: str
     labels: list[str]
@@ -45,6 +52,13 @@ class TrainResult:
     samples_per_second: float
     adapter_bytes: int
     device: str
+    method: str = ""
+    tokens_per_second: float = 0.0
+    cost: float = 0.0
+    processes: int = 1
+    precision: str = "fp32"
+    loss_curve: list[float] = field(default_factory=list)  # each optimizer step's loss, averaged over processes
+    weights_sha256: list[str] = field(default_factory=list)  # each process's final trainable weights, by rank
 
     def to_dict(self) -> dict:
         """Return a JSON-serializable form."""
@@ -70,10 +84,42 @@ def peak_memory_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+class Batches:
+    """Global batches of row indices, reshuffled on every pass: with `group`, rows are sorted by
+    length within buckets of BUCKET_BATCHES batches first, so each batch pads to similar lengths.
+
+    A pass is seeded by (seed, pass number), so every process of a distributed run draws the same
+    global batches and `accelerate` hands each process its share of them. A short remainder batch
+    comes last in its pass.
+    """
+
+    def __init__(self, lengths: list[int], size: int, seed: int, group: bool):
+        self.lengths, self.batch_size, self.seed, self.group, self.passes = lengths, size, seed, group, 0
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.lengths) / self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        self.passes += 1
+        rng = random.Random(self.seed + self.passes)
+        order = list(range(len(self.lengths)))
+        rng.shuffle(order)
+        if self.group:
+            span = self.batch_size * BUCKET_BATCHES
+            order = [i for start in range(0, len(order), span)
+                     for i in sorted(order[start:start + span], key=lambda i: -self.lengths[i])]
+        chunks = [order[start:start + self.batch_size] for start in range(0, len(order), self.batch_size)]
+        short = chunks.pop() if len(chunks[-1]) < self.batch_size else None
+        rng.shuffle(chunks)
+        # A short batch goes last: accelerate shares out full batches only, and tops up a short
+        # final one with rows from the first batch (a short batch mid-pass it would drop).
+        return iter(chunks + [short] if short else chunks)
+
+
 def _dev_split(frame: pd.DataFrame, fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     shuffled = frame.sample(frac=1.0, random_state=seed).reset_index(drop=True)
     n_dev = max(1, int(round(len(shuffled) * fraction)))
-    return shuffled.iloc[n_dev:], shuffled.iloc[:n_dev]
+    return shuffled.iloc[n_dev:].reset_index(drop=True), shuffled.iloc[:n_dev]
 
 
 def _evaluate_dev(model: Any, tokenizer: Any, texts: list[str], ids: list[int], cfg: Config, device: str) -> tuple[float, float]:
@@ -91,16 +137,19 @@ def _evaluate_dev(model: Any, tokenizer: Any, texts: list[str], ids: list[int], 
     return loss_sum / len(texts), correct / len(texts)
 
 
-def _build(cfg: Config, labels: list[str], device: str) -> tuple[Any, Any, modeling.AdapterMeta]:
-    """Load the base with a fresh head, attach the adapter, and describe it for saving."""
+def _build(cfg: Config, labels: list[str], device: str, total_steps: int) -> tuple[Any, Any, modeling.AdapterMeta]:
+    """Load the base with a fresh head, make it trainable by the method, and describe it for saving."""
+    facts = preflight.check_model(cfg, device)
+    method = preflight.resolved_method(cfg, facts)
     base = modeling.resolve_base(cfg.model.base)
     model = modeling.attach_adapter(
-        modeling.load_classifier(base, labels, cfg.quantization, device), cfg.method, cfg.model.task, cfg.quantization,
+        modeling.load_classifier(base, labels, cfg.quantization, device), method, cfg.model.task, cfg.quantization,
+        {"total_steps": total_steps, "base_dir": str(base)},
     )
     base_sha, tok_sha = modeling.fingerprint(base)
     meta = modeling.AdapterMeta(
         labels=labels, base_model=cfg.model.base, base_sha256=base_sha, tokenizer_sha256=tok_sha,
-        task=cfg.model.task, max_length=cfg.model.max_length, method=cfg.method.model_dump(),
+        task=cfg.model.task, max_length=cfg.model.max_length, method=method.model_dump(mode="json"),
         quantization=cfg.quantization.model_dump(),
     )
     return model, modeling.load_tokenizer(base), meta
@@ -112,79 +161,169 @@ def _optimizer(model: Any, cfg: Config, total_steps: int) -> tuple[Any, Any]:
     from transformers import get_linear_schedule_with_warmup
 
     optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=cfg.train.learning_rate, weight_decay=cfg.train.weight_decay,
+        [p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate(), weight_decay=cfg.train.weight_decay,
     )
     return optimizer, get_linear_schedule_with_warmup(optimizer, int(cfg.train.warmup_ratio * total_steps), total_steps)
 
 
+def _loader(tokenizer: Any, frame: pd.DataFrame, label_id: dict[str, int], cfg: Config) -> Any:
+    """A DataLoader of tokenized global batches (padded to their own longest text)."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    texts, ids = frame["text"].tolist(), [label_id[x] for x in frame["label"]]
+    lengths = [len(row) for row in tokenizer(texts, truncation=True, max_length=cfg.model.max_length)["input_ids"]]
+
+    def collate(rows: list[int]) -> Any:
+        batch = tokenizer([texts[i] for i in rows], padding=True, truncation=True, max_length=cfg.model.max_length,
+                          return_tensors="pt")
+        batch["labels"] = torch.tensor([ids[i] for i in rows])
+        return batch
+
+    sampler = Batches(lengths, cfg.train.batch_size, cfg.train.seed, cfg.train.group_by_length)
+    return DataLoader(list(range(len(texts))), batch_sampler=sampler, collate_fn=collate)
+
+
+def _accelerator(cfg: Config) -> Any:
+    """The accelerate context: devices, DDP across processes, mixed precision, gradient accumulation."""
+    from accelerate import Accelerator, DataLoaderConfiguration
+    from accelerate.state import AcceleratorState, GradientState
+
+    device = preflight.check_runtime(cfg.runtime)
+    # accelerate keeps one precision and accumulation setting per process; a process that trains
+    # twice (tests, a sweep) starts each run afresh. The process group itself (PartialState) stays.
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
+    # split_batches: each global batch of train.batch_size rows is shared out among the processes,
+    # so N processes take the same optimizer steps as one (a short last batch is topped up with
+    # rows from the start of the epoch, so every process gets an equal share).
+    return Accelerator(cpu=device == "cpu", mixed_precision=PRECISIONS[cfg.train.precision],
+                       gradient_accumulation_steps=cfg.train.gradient_accumulation,
+                       dataloader_config=DataLoaderConfiguration(split_batches=True))
+
+
 def train(frame: pd.DataFrame, cfg: Config, out_dir: Path) -> TrainResult:
-    """Train an adapter on the rows of `frame` (columns text, label); write it to out_dir/adapter.
+    """Train on the rows of `frame` (columns text, label); write the best epoch to out_dir/adapter.
 
     Args:
         frame: validated training rows.
         cfg: the config (model, method, quantization, train and runtime sections are read).
-        out_dir: folder for checkpoints/ and the final adapter/.
+        out_dir: folder for checkpoints/ and the final adapter/ (written by the main process only).
 
     Raises:
         TrainingError: when the model, method or device cannot be used.
+        ConfigError: when the method does not fit the base (e.g. its positions).
     """
+    import torch
+
     started = time.perf_counter()
     seed_everything(cfg.train.seed)
-    device = modeling.pick_device(cfg.runtime.device)
+    accelerator = _accelerator(cfg)
+    device = str(accelerator.device)
     labels = sorted(frame["label"].unique())
     label_id = {label: i for i, label in enumerate(labels)}
     fit, dev = _dev_split(frame, cfg.train.dev_fraction, cfg.train.seed)
-    model, tokenizer, meta = _build(cfg, labels, device)
-    # peft's count, not numel(): bitsandbytes packs two 4-bit weights per stored element.
-    trainable, total = model.get_nb_trainable_parameters()
-    total_steps = math.ceil(len(fit) / cfg.train.batch_size) * cfg.train.epochs
+    per_epoch = math.ceil(math.ceil(len(fit) / cfg.train.batch_size) / cfg.train.gradient_accumulation)
+    total_steps = per_epoch * cfg.train.epochs
+    model, tokenizer, meta = _build(cfg, labels, device, total_steps)
+    trainable, total = modeling.parameter_counts(model)
     optimizer, schedule = _optimizer(model, cfg, total_steps)
+    loader = _loader(tokenizer, fit, label_id, cfg)
+    model, optimizer, loader, schedule = accelerator.prepare(model, optimizer, loader, schedule)
+    plain = accelerator.unwrap_model(model)
+    allocate = getattr(getattr(plain, "base_model", None), "update_and_allocate", None)  # AdaLoRA's rank budget
     dev_texts, dev_ids = dev["text"].tolist(), [label_id[x] for x in dev["label"]]
-    log.info("training %s on %s (%s): %d train / %d dev rows, %d labels, %d of %d params trainable (%.2f%%)",
-             cfg.method.name, cfg.model.base, device, len(fit), len(dev), len(labels), trainable, total,
-             100 * trainable / total)
+    say = log.info if accelerator.is_main_process else log.debug
+    say("training %s on %s (%s x%d, %s): %d train / %d dev rows, %d labels, %d of %d params trainable (%.2f%%)",
+        meta.method["name"], cfg.model.base, device, accelerator.num_processes, cfg.train.precision, len(fit), len(dev),
+        len(labels), trainable, total, 100 * trainable / total)
 
     best = {"dev_loss": math.inf, "dev_accuracy": 0.0, "epoch": 0}
-    stale, step, seen, loss_ema = 0, 0, 0, None
+    stale, step, seen, tokens, curve, window = 0, 0, 0, 0, [], []
     loop_started = time.perf_counter()
     model.train()
     for epoch in range(1, cfg.train.epochs + 1):
-        order = fit.sample(frac=1.0, random_state=cfg.train.seed + epoch)
-        for batch in batches(tokenizer, order["text"].tolist(), [label_id[x] for x in order["label"]],
-                             cfg.train.batch_size, cfg.model.max_length):
-            loss = model(**batch.to(device)).loss
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            optimizer.zero_grad(set_to_none=True)
-            step, seen = step + 1, seen + len(batch["labels"])
-            loss_ema = loss.item() if loss_ema is None else 0.9 * loss_ema + 0.1 * loss.item()
+        for batch in loader:
+            with accelerator.accumulate(model):
+                loss = model(**batch).loss
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and cfg.train.max_grad_norm:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
+                optimizer.step()
+                schedule.step()
+                if accelerator.sync_gradients and allocate is not None:
+                    allocate(step + 1)
+                optimizer.zero_grad(set_to_none=True)
+            seen, tokens = seen + len(batch["labels"]), tokens + int(batch["attention_mask"].sum())
+            window.append(loss.detach())
+            if not accelerator.sync_gradients:
+                continue
+            step += 1
+            curve.append(accelerator.reduce(torch.stack(window).mean(), "mean").item())
+            window = []
             if step % cfg.train.log_every == 0 or step == total_steps:
-                rate = seen / (time.perf_counter() - loop_started)
-                left = (total_steps - step) * cfg.train.batch_size / max(rate, 1e-9)
-                log.info("epoch %d/%d step %d/%d loss %.4f %.1f samples/s ~%.0fs left",
-                         epoch, cfg.train.epochs, step, total_steps, loss_ema, rate, left)
-        dev_loss, dev_acc = _evaluate_dev(model, tokenizer, dev_texts, dev_ids, cfg, device)
+                rate = seen * accelerator.num_processes / (time.perf_counter() - loop_started)
+                left = (total_steps - step) * cfg.train.batch_size * cfg.train.gradient_accumulation / max(rate, 1e-9)
+                say("epoch %d/%d step %d/%d loss %.4f %.1f samples/s ~%.0fs left",
+                    epoch, cfg.train.epochs, step, total_steps, sum(curve[-5:]) / len(curve[-5:]), rate, left)
+        dev_loss, dev_acc = _evaluate_dev(plain, tokenizer, dev_texts, dev_ids, cfg, device)
         checkpoint = out_dir / "checkpoints" / f"epoch-{epoch}"
-        modeling.save_adapter(model, checkpoint, meta)
-        log.info("epoch %d: dev loss %.4f accuracy %.4f (checkpoint %s)", epoch, dev_loss, dev_acc, checkpoint)
+        if accelerator.is_main_process:
+            modeling.save_adapter(plain, checkpoint, meta)
+        accelerator.wait_for_everyone()
+        say("epoch %d: dev loss %.4f accuracy %.4f (checkpoint %s)", epoch, dev_loss, dev_acc, checkpoint)
         if dev_loss < best["dev_loss"]:
             best, stale = {"dev_loss": dev_loss, "dev_accuracy": dev_acc, "epoch": epoch}, 0
         else:
             stale += 1
             if cfg.train.patience and stale >= cfg.train.patience:
-                log.info("early stop: dev loss has not improved for %d epoch(s)", stale)
+                say("early stop: dev loss has not improved for %d epoch(s)", stale)
                 break
 
+    loop_wall = time.perf_counter() - loop_started
+    digests = _gather_digests(accelerator, plain)
+    totals = accelerator.reduce(torch.tensor([seen, tokens], dtype=torch.float64, device=accelerator.device), "sum")
     adapter_dir = out_dir / "adapter"
-    if adapter_dir.exists():
-        shutil.rmtree(adapter_dir)
-    shutil.copytree(out_dir / "checkpoints" / f"epoch-{best['epoch']}", adapter_dir)
-    wall, loop_wall = time.perf_counter() - started, time.perf_counter() - loop_started
+    if accelerator.is_main_process:
+        if adapter_dir.exists():
+            shutil.rmtree(adapter_dir)
+        shutil.copytree(out_dir / "checkpoints" / f"epoch-{best['epoch']}", adapter_dir)
+    accelerator.wait_for_everyone()
+    wall = time.perf_counter() - started
     return TrainResult(
         adapter_dir=str(adapter_dir), labels=labels, epochs_run=epoch, best_epoch=best["epoch"], steps=step,
-        train_loss=float(loss_ema or 0.0), dev_loss=best["dev_loss"], dev_accuracy=best["dev_accuracy"],
-        trainable_params=trainable, total_params=total, peak_memory_mb=peak_memory_mb(device),
-        wall_seconds=wall, samples_per_second=seen / loop_wall,
-        adapter_bytes=sum(f.stat().st_size for f in adapter_dir.iterdir()), device=device,
+        train_loss=float(sum(curve[-5:]) / max(len(curve[-5:]), 1)), dev_loss=best["dev_loss"],
+        dev_accuracy=best["dev_accuracy"], trainable_params=trainable, total_params=total,
+        peak_memory_mb=peak_memory_mb(device), wall_seconds=wall, samples_per_second=float(totals[0]) / loop_wall,
+        adapter_bytes=sum(f.stat().st_size for f in adapter_dir.iterdir() if f.is_file()), device=device,
+        method=meta.method["name"], tokens_per_second=float(totals[1]) / loop_wall,
+        cost=wall / 3600 * cfg.train.price_per_hour * accelerator.num_processes, processes=accelerator.num_processes,
+        precision=cfg.train.precision, loss_curve=curve, weights_sha256=digests,
     )
+
+
+def trainable_digest(model: Any) -> str:
+    """A sha256 of the trainable weights, by name and value (equal on every rank of a healthy DDP run)."""
+    import hashlib
+
+    sha = hashlib.sha256()
+    for name, param in sorted(model.named_parameters()):
+        if param.requires_grad:
+            sha.update(name.encode())
+            sha.update(param.detach().float().cpu().contiguous().numpy().tobytes())
+    return sha.hexdigest()
+
+
+def _gather_digests(accelerator: Any, model: Any) -> list[str]:
+    """Every process's trainable-weight digest, in rank order.
+
+    Raises:
+        TrainingError: when the processes ended with different weights (a broken DDP setup).
+    """
+    from accelerate.utils import gather_object
+
+    digests = gather_object([trainable_digest(model)])
+    if len(set(digests)) > 1:
+        raise TrainingError(f"the {len(digests)} training processes ended with different weights (digests "
+                            f"{', '.join(d[:12] for d in digests)}); check that every rank runs the same config and data")
+    return digests
