@@ -349,3 +349,25 @@ def test_fp16_needs_cuda(tiny_base):
     cfg = parse_config({"model": {"base": str(tiny_base)}, "train": {"precision": "fp16"}})
     with pytest.raises(TrainingError, match=r"^train.precision fp16 needs a CUDA device; use bf16 or fp32 on the CPU$"):
         preflight.check_model(cfg, "cpu")
+
+
+def test_config_validate_checks_the_method_against_the_base(tiny_base, tmp_path):
+    import shutil
+    import subprocess
+
+    def validate(method: str) -> subprocess.CompletedProcess:
+        path = tmp_path / "tuneloop.yaml"
+        path.write_text(f"model:\n  base: {tiny_base}\n  max_length: 32\nmethod:\n{method}")
+        return subprocess.run([shutil.which("tuneloop"), "config", "validate", str(path)], capture_output=True,
+                              text=True, timeout=300)
+
+    good = validate("  name: dora\n")
+    assert good.returncode == 0, good.stderr
+    assert good.stdout.strip().endswith('valid; method {"r": 8, "alpha": 16, "dropout": 0.1, '
+                                        '"target_modules": ["query", "value"], "name": "dora"}')
+    bad = validate("  name: prefix_tuning\n")
+    assert bad.returncode == 1 and bad.stdout == ""
+    assert bad.stderr.strip().splitlines() == [
+        "error: TrainingError: method.name prefix_tuning needs a model that takes past_key_values, and the "
+        f"sequence_classification model of model.base {str(tiny_base)!r} (a 'bert') does not; use p_tuning or "
+        "prompt_tuning, or another base"]

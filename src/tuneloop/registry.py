@@ -39,7 +39,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from tuneloop import ledger, store
+from tuneloop import ledger, methods, store
 from tuneloop.config import RegistryConfig
 from tuneloop.errors import RegistryConflict, RegistryError
 
@@ -430,16 +430,19 @@ def _write(client: Any, cfg: RegistryConfig, candidate: Candidate, run_name: str
     client.log_batch(run_id, metrics=metrics, params=params, tags=tags)
     for path, text in reports.items():
         client.log_text(run_id, text, path)
-    client.log_artifacts(run_id, str(candidate.adapter_dir), "adapter")
+    # A fully fine-tuned model is registered as the model it is, not as an adapter.
+    kind = "model" if methods.get(candidate.record.method).full else "adapter"
+    client.log_artifacts(run_id, str(candidate.adapter_dir), kind)
     client.set_terminated(run_id)
     if not client.search_registered_models(filter_string=_by_name(cfg.model_name)):
         written.new_model = True
-        client.create_registered_model(cfg.model_name, description="tuneloop adapters (PEFT, safetensors)")
+        client.create_registered_model(cfg.model_name, description="tuneloop models: PEFT adapters or fully "
+                                                                   "fine-tuned weights (safetensors)")
     dossier = f"{written.run.info.artifact_uri}/dossier/dossier.html" if "dossier/dossier.html" in candidate.documents else ""
     record = replace(candidate.record, promotion="pending" if candidate.record.gate == "passed" else candidate.record.gate,
                      dossier=dossier, registered_by=ledger.owner())
     return client.create_model_version(
-        cfg.model_name, source=f"{written.run.info.artifact_uri}/adapter", run_id=run_id, tags=record.tags(),
+        cfg.model_name, source=f"{written.run.info.artifact_uri}/{kind}", run_id=run_id, tags=record.tags(),
     )
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import typer
 
 from tuneloop.cli.output import show_json
-from tuneloop.config import config_problems, json_schema, read_config_file
+from tuneloop import modeling, preflight
+from tuneloop.config import config_problems, json_schema, parse_config, read_config_file
 
 app = typer.Typer(help="Inspect and check configuration.", no_args_is_help=True)
 
@@ -19,7 +21,11 @@ def schema() -> None:
 
 
 @app.command("validate")
-def validate(path: Path = typer.Argument(..., help="Config file to check.")) -> None:
+def validate(
+    path: Path = typer.Argument(..., help="Config file to check."),
+    model: bool = typer.Option(True, "--model/--no-model",
+                               help="Also check the method against the base model (its layers, positions, storage)."),
+) -> None:
     """Report every problem in a config file (key, value, fix); exit 1 if there is any."""
     data, root = read_config_file(path)
     problems = config_problems(data, root)
@@ -27,4 +33,9 @@ def validate(path: Path = typer.Argument(..., help="Config file to check.")) -> 
         typer.echo(f"error: ConfigError: {path}: {problem}", err=True)
     if problems:
         raise typer.Exit(1)
+    if model:  # loads the architecture only (no weights); a failure is one line and exit 1
+        cfg = parse_config(data, root)
+        method = preflight.resolved_method(cfg, preflight.check_model(cfg, modeling.pick_device(cfg.runtime.device)))
+        typer.echo(f"{path}: valid; method {json.dumps(method.model_dump(mode='json'))}")
+        return
     typer.echo(f"{path}: valid")

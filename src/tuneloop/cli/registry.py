@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -175,12 +177,30 @@ def show(version: str = typer.Argument(..., help="Version number, or champion / 
     for key in ("base_model", "base_sha256", "tokenizer_sha256", "task", "method", "labels", "data_repo", "data_rev",
                 "data_path", "config_sha256", "pipeline_run", "champion_version"):
         typer.echo(f"  {key}: {record[key]}")
+    typer.echo(f"  method_config: {json.dumps(record['method_config'])}  quantization: {record['quantization'].get('bits', 0)}-bit")
     typer.echo(f"  libraries: {', '.join(f'{k} {v}' for k, v in sorted(record['libraries'].items()))}")
     typer.echo("  metrics: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(record["metrics"].items())))
+    typer.echo(f"  efficiency: {efficiency(found['metrics'])}")
     typer.echo("gate reasons:")
     for line in record["gate_reasons"]:
         typer.echo(f"  - {line}")
     typer.echo(f"dossier: {found['dossier'] or '- (registered before dossiers existed)'}")
+
+
+def efficiency(metrics: dict[str, float]) -> str:
+    """A run's cost figures on one line; '-' for the figures a run registered before they existed lacks."""
+    def shown(key: str, form: str) -> str:
+        return form.format(metrics[key]) if key in metrics else "-"
+
+    return ", ".join([
+        f"{shown('trainable_params', '{:,.0f}')} of {shown('total_params', '{:,.0f}')} params trainable "
+        f"({shown('trainable_percent', '{:.2f}')}%)",
+        f"peak memory {shown('peak_memory_mb', '{:,.0f}')} MB", f"wall {shown('wall_seconds', '{:,.1f}')} s",
+        f"{shown('samples_per_second', '{:,.1f}')} samples/s", f"{shown('tokens_per_second', '{:,.0f}')} tokens/s",
+        f"saved {shown('adapter_bytes', '{:,.0f}')} bytes",
+        f"latency p50 {shown('latency_p50_ms', '{:.2f}')} / p95 {shown('latency_p95_ms', '{:.2f}')} ms",
+        f"cost {shown('cost', '{:.4f}')}",
+    ])
 
 
 @app.command("repair")
