@@ -87,6 +87,17 @@ def tickets_csv(tmp_path) -> Path:
     return synthetic.write_csv(synthetic.generate_tickets(1, 300, seed=0), tmp_path / "tickets.csv")
 
 
+def emotion_rows(split: str) -> list[tuple[str, str]]:
+    """(text, label) rows of ../shared/data/emotion's train, val or test file, read in place, in file order.
+
+    Skips the calling test when the data is not beside the repository.
+    """
+    path = SHARED_DATA / "emotion" / f"{split}.txt"
+    if not path.is_file():
+        pytest.skip(f"emotion data not found in {SHARED_DATA}")
+    return [tuple(line.rsplit(";", 1)) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
 def shared_texts(name: str) -> list[str]:
     """Texts of a dataset in ../shared/data, read in place: "rt-polarity" (pos lines, then neg) or "emotion" (train.txt).
 

@@ -13,6 +13,9 @@ def configure_logging(verbose: bool = False) -> None:
     """Send tuneloop's INFO lines (and everyone's warnings) to stderr in one compact format."""
     logging.basicConfig(level=logging.WARNING, format=FORMAT, datefmt=DATE_FORMAT, force=True)
     logging.getLogger("tuneloop").setLevel(logging.DEBUG if verbose else logging.INFO)
+    # bitsandbytes warns on every import (which peft does) that an optional CPU kernel package is
+    # missing; it changes no result, and it would be the first line of every command's output.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
 def _terminate(signum: int, frame: object) -> None:
