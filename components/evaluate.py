@@ -9,17 +9,17 @@ from tuneloop.components import IMAGE
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def evaluate_candidate(config: str, snapshot: Input[Dataset], trained: Input[Model], scores: Output[Artifact]) -> str:
     """Evaluate; `scores` is a JSON file; return the champion version scored ('' when none serves)."""
-    import json
     from pathlib import Path
 
     from tuneloop.config import config_from_json
     from tuneloop.cycle import evaluate_step
     from tuneloop.progress import start_step
+    from tuneloop.training import ADAPTER_DIR
 
     start_step()
     result = evaluate_step(
-        config_from_json(config), Path(snapshot.path), Path(trained.path) / "adapter", Path(scores.path + ".work")
+        config_from_json(config), Path(snapshot.path), Path(trained.path) / ADAPTER_DIR, Path(scores.path + ".work")
     )
-    Path(scores.path).write_text(json.dumps(result.to_dict()))
+    result.save(Path(scores.path))
     scores.metadata.update(accuracy=result.candidate.accuracy, macro_f1=result.candidate.macro_f1)
     return result.champion_version or ""

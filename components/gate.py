@@ -14,7 +14,6 @@ def gate_candidate(
     dossier: Output[HTML], dossier_md: Output[Markdown],
 ) -> bool:
     """Decide; write the GateDecision to `decision` as JSON and the dossier; return whether it passed."""
-    import json
     import shutil
     import tempfile
     from pathlib import Path
@@ -28,6 +27,6 @@ def gate_candidate(
         verdict = gate_step(config_from_json(config), Evaluation.load(Path(scores.path)), Path(snapshot.path), Path(folder))
         shutil.copyfile(Path(folder) / "dossier.html", dossier.path)
         shutil.copyfile(Path(folder) / "dossier.md", dossier_md.path)
-    Path(decision.path).write_text(json.dumps(verdict.to_dict()))
+    verdict.save(Path(decision.path))
     decision.metadata.update(passed=verdict.passed, reasons=verdict.reasons)
     return verdict.passed

@@ -20,4 +20,6 @@ def train_adapter(config: str, snapshot: Input[Dataset], trained: Output[Model])
     trained.metadata.update(
         trainable_params=result.trainable_params, total_params=result.total_params, best_epoch=result.best_epoch,
         peak_memory_mb=result.peak_memory_mb, wall_seconds=result.wall_seconds, adapter_bytes=result.adapter_bytes,
+        method=result.method, samples_per_second=result.samples_per_second, tokens_per_second=result.tokens_per_second,
+        cost=result.cost,
     )

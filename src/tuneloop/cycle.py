@@ -55,6 +55,10 @@ class Evaluation:
         champion = EvalReport.from_dict(raw["champion"]) if raw["champion"] else None
         return cls(EvalReport.from_dict(raw["candidate"]), champion, raw["champion_version"], raw.get("champion_origin"))
 
+    def save(self, path: Path) -> None:
+        """Write the scores file (what `load` reads)."""
+        path.write_text(json.dumps(self.to_dict(), indent=2))
+
     @classmethod
     def load(cls, path: Path) -> "Evaluation":
         """Read a scores file written by `evaluate`.
@@ -95,7 +99,7 @@ def train_step(cfg: Config, snapshot_dir: Path, out_dir: Path) -> training.Train
     _, train_rows, _ = data.load_snapshot(snapshot_dir)
     result = training.train(train_rows, cfg, out_dir)
     if not os.environ.get("RANK", "0").strip("0"):  # in a distributed run, the main process writes
-        (out_dir / "train.json").write_text(json.dumps(result.to_dict(), indent=2))
+        result.save(out_dir)
     return result
 
 
@@ -237,11 +241,11 @@ def register_step(
     `dossier_files` (HTML, markdown) are logged on the run as dossier/dossier.html and .md.
     """
     snapshot, _, _ = data.load_snapshot(snapshot_dir)
-    trained = json.loads((train_dir / "train.json").read_text())
+    trained = training.TrainResult.load(train_dir).to_dict()
     documents = {}
     if dossier_files is not None:
         documents = {f"dossier/dossier.{kind}": path.read_text() for kind, path in zip(("html", "md"), dossier_files)}
-    record = candidate_record(cfg, snapshot, trained, scores, decision, train_dir / "adapter", run_name, documents)
+    record = candidate_record(cfg, snapshot, trained, scores, decision, train_dir / training.ADAPTER_DIR, run_name, documents)
     return registry.register(cfg.registry, record, run_name)
 
 
@@ -279,13 +283,13 @@ def settle_step(promote: bool, config: str, run_name: str, snapshot: str, traine
     from tuneloop.progress import start_step
 
     start_step()
-    verdict = json.loads(Path(decision).read_text())
+    verdict = GateDecision.load(Path(decision))
     step = promote_step if promote else register_step
     registered = step(
         config_from_json(config), Path(snapshot), Path(trained), Evaluation.load(Path(scores)),
-        GateDecision.from_dict(verdict), run_name, (Path(dossier_html), Path(dossier_md)),
+        verdict, run_name, (Path(dossier_html), Path(dossier_md)),
     )
-    return json.dumps({"version": registered.version, "decision": verdict})
+    return json.dumps({"version": registered.version, "decision": verdict.to_dict()})
 
 
 def run_cycle(cfg: Config, rev: str, work_dir: Path, run_name: str = "in-process") -> tuple[GateDecision, Registered]:
@@ -293,7 +297,7 @@ def run_cycle(cfg: Config, rev: str, work_dir: Path, run_name: str = "in-process
     snapshot_dir, train_dir, dossier_dir = work_dir / "snapshot", work_dir / "train", work_dir / "dossier"
     validate_step(cfg, rev, snapshot_dir)
     train_step(cfg, snapshot_dir, train_dir)
-    scores = evaluate_step(cfg, snapshot_dir, train_dir / "adapter", work_dir)
+    scores = evaluate_step(cfg, snapshot_dir, train_dir / training.ADAPTER_DIR, work_dir)
     decision = gate_step(cfg, scores, snapshot_dir, dossier_dir)
     files = (dossier_dir / "dossier.html", dossier_dir / "dossier.md")
     act = promote_step if decision.passed else register_step

@@ -29,10 +29,13 @@ slices are reported, not gated.
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 
 from tuneloop import evaluation
 from tuneloop.config import GateConfig
+from tuneloop.errors import DataError
 from tuneloop.evaluation import EvalReport
 
 MANUAL = "promote it by hand after review (`tuneloop registry promote`)"
@@ -79,6 +82,23 @@ class GateDecision:
         values = dict(raw)
         values.setdefault("policy", "first_run" if raw.get("champion") is None else "compared")
         return cls(**values)
+
+    def save(self, path: Path) -> None:
+        """Write the decision as JSON (what `load` reads)."""
+        path.write_text(json.dumps(self.to_dict(), indent=2))
+
+    @classmethod
+    def load(cls, path: Path) -> "GateDecision":
+        """Read a decision file written by `save`.
+
+        Raises:
+            DataError: when the file is missing or is not a gate decision.
+        """
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            raise DataError(f"{path} is not a gate decision ({type(exc).__name__}: {exc}); "
+                            f"recreate it with `tuneloop gate --out {path}`") from exc
 
 
 def _floors(candidate: EvalReport, cfg: GateConfig) -> list[str]:

@@ -10,6 +10,7 @@ progress logged every `train.log_every` optimizer steps with loss, throughput an
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import random
@@ -24,18 +25,24 @@ import pandas as pd
 
 from tuneloop import modeling, preflight
 from tuneloop.config import Config
-from tuneloop.errors import TrainingError
+from tuneloop.errors import DataError, TrainingError
 from tuneloop.tokenization import batches
 
 log = logging.getLogger(__name__)
 
+# A training folder: the kept epoch's weights, one checkpoint per epoch, and the run's report.
+ADAPTER_DIR, CHECKPOINTS_DIR, REPORT_FILE = "adapter", "checkpoints", "train.json"
 BUCKET_BATCHES = 50  # length grouping sorts within 50 batches: padding drops, batches stay varied
 PRECISIONS = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
 
 
 @dataclass(frozen=True)
 class TrainResult:
-    """What one training run produced and measured (throughputs over every process together)."""
+    """What one training run produced and measured.
+
+    Throughputs count every process together, over the time spent in optimizer steps (not the
+    dev evaluation and checkpoint after each epoch); wall_seconds is the whole run, model load included.
+    """
 
     adapter_dir: str
     labels: list[str]
@@ -63,6 +70,26 @@ class TrainResult:
     def to_dict(self) -> dict:
         """Return a JSON-serializable form."""
         return asdict(self)
+
+    def save(self, folder: Path) -> Path:
+        """Write the report into a training folder; return its path."""
+        path = folder / REPORT_FILE
+        path.write_text(json.dumps(self.to_dict(), indent=2))
+        return path
+
+    @classmethod
+    def load(cls, folder: Path) -> "TrainResult":
+        """Read the report of a training folder (reports written before the efficiency fields too).
+
+        Raises:
+            DataError: when the folder holds no readable report.
+        """
+        path = folder / REPORT_FILE
+        try:
+            return cls(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError) as exc:
+            raise DataError(f"{path} is not a training report ({type(exc).__name__}: {exc}); "
+                            f"train again with `tuneloop train --out {folder}`") from exc
 
 
 def seed_everything(seed: int) -> None:
@@ -239,10 +266,11 @@ def train(frame: pd.DataFrame, cfg: Config, out_dir: Path) -> TrainResult:
         len(labels), trainable, total, 100 * trainable / total)
 
     best = {"dev_loss": math.inf, "dev_accuracy": 0.0, "epoch": 0}
-    stale, step, seen, tokens, curve, window = 0, 0, 0, 0, [], []
+    stale, step, seen, tokens, curve, window, stepping = 0, 0, 0, 0, [], [], 0.0
     loop_started = time.perf_counter()
     model.train()
     for epoch in range(1, cfg.train.epochs + 1):
+        epoch_started = time.perf_counter()
         for batch in loader:
             with accelerator.accumulate(model):
                 loss = model(**batch).loss
@@ -266,8 +294,9 @@ def train(frame: pd.DataFrame, cfg: Config, out_dir: Path) -> TrainResult:
                 left = (total_steps - step) * cfg.train.batch_size * cfg.train.gradient_accumulation / max(rate, 1e-9)
                 say("epoch %d/%d step %d/%d loss %.4f %.1f samples/s ~%.0fs left",
                     epoch, cfg.train.epochs, step, total_steps, sum(curve[-5:]) / len(curve[-5:]), rate, left)
+        stepping += time.perf_counter() - epoch_started  # throughput counts training, not the dev pass
         dev_loss, dev_acc = _evaluate_dev(plain, tokenizer, dev_texts, dev_ids, cfg, device)
-        checkpoint = out_dir / "checkpoints" / f"epoch-{epoch}"
+        checkpoint = out_dir / CHECKPOINTS_DIR / f"epoch-{epoch}"
         if accelerator.is_main_process:
             modeling.save_adapter(plain, checkpoint, meta)
         accelerator.wait_for_everyone()
@@ -280,23 +309,22 @@ def train(frame: pd.DataFrame, cfg: Config, out_dir: Path) -> TrainResult:
                 say("early stop: dev loss has not improved for %d epoch(s)", stale)
                 break
 
-    loop_wall = time.perf_counter() - loop_started
     digests = _gather_digests(accelerator, plain)
     totals = accelerator.reduce(torch.tensor([seen, tokens], dtype=torch.float64, device=accelerator.device), "sum")
-    adapter_dir = out_dir / "adapter"
+    adapter_dir = out_dir / ADAPTER_DIR
     if accelerator.is_main_process:
         if adapter_dir.exists():
             shutil.rmtree(adapter_dir)
-        shutil.copytree(out_dir / "checkpoints" / f"epoch-{best['epoch']}", adapter_dir)
+        shutil.copytree(out_dir / CHECKPOINTS_DIR / f"epoch-{best['epoch']}", adapter_dir)
     accelerator.wait_for_everyone()
     wall = time.perf_counter() - started
     return TrainResult(
         adapter_dir=str(adapter_dir), labels=labels, epochs_run=epoch, best_epoch=best["epoch"], steps=step,
         train_loss=float(sum(curve[-5:]) / max(len(curve[-5:]), 1)), dev_loss=best["dev_loss"],
         dev_accuracy=best["dev_accuracy"], trainable_params=trainable, total_params=total,
-        peak_memory_mb=peak_memory_mb(device), wall_seconds=wall, samples_per_second=float(totals[0]) / loop_wall,
+        peak_memory_mb=peak_memory_mb(device), wall_seconds=wall, samples_per_second=float(totals[0]) / stepping,
         adapter_bytes=sum(f.stat().st_size for f in adapter_dir.iterdir() if f.is_file()), device=device,
-        method=meta.method["name"], tokens_per_second=float(totals[1]) / loop_wall,
+        method=meta.method["name"], tokens_per_second=float(totals[1]) / stepping,
         cost=wall / 3600 * cfg.train.price_per_hour * accelerator.num_processes, processes=accelerator.num_processes,
         precision=cfg.train.precision, loss_curve=curve, weights_sha256=digests,
     )

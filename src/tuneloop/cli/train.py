@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -11,6 +10,7 @@ import typer
 from tuneloop import cycle
 from tuneloop.cli.context import CONFIG_HELP, config_for
 from tuneloop.errors import DataError
+from tuneloop.training import ADAPTER_DIR
 
 SNAPSHOT = typer.Option(Path("outputs/snapshot"), "--snapshot", help="Snapshot folder from `data validate`.")
 TRAINED = typer.Option(Path("outputs/trained"), "--trained", help="Folder from `train`.")
@@ -36,11 +36,11 @@ def evaluate(
     config: Optional[Path] = CONFIG,
 ) -> None:
     """Score the trained adapter and the current champion on the snapshot's held-out rows."""
-    if not (trained / "adapter").is_dir():
+    if not (trained / ADAPTER_DIR).is_dir():
         raise DataError(f"{trained} holds no trained adapter; create it with `tuneloop train --out {trained}`")
-    result = cycle.evaluate_step(config_for(config), snapshot, trained / "adapter", out.parent / "evaluate-work")
+    result = cycle.evaluate_step(config_for(config), snapshot, trained / ADAPTER_DIR, out.parent / "evaluate-work")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result.to_dict(), indent=2))
+    result.save(out)
     champion = f"; champion v{result.champion_version} {result.champion.macro_f1:.4f}" if result.champion else ""
     typer.echo(f"candidate macro-F1 {result.candidate.macro_f1:.4f}, accuracy {result.candidate.accuracy:.4f}{champion}")
 
@@ -54,5 +54,5 @@ def gate(
     if not scores.is_file():
         raise DataError(f"scores file {str(scores)!r} not found; create it with `tuneloop evaluate --out {scores}`")
     decision = cycle.gate_step(config_for(config), cycle.Evaluation.load(scores))
-    out.write_text(json.dumps(decision.to_dict(), indent=2))
+    decision.save(out)
     typer.echo(f"gate {'passed' if decision.passed else 'rejected'}: " + "; ".join(decision.reasons))
