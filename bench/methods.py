@@ -9,6 +9,7 @@
     - **tuneloop:** `training.train` three ways: fp32 without length grouping, fp32 with it (the
       default), bf16 autocast with it. Its samples/s counts the optimizer steps only (not the dev
       evaluation and checkpoint of each epoch), as the plain loop's does.
+    Rows whose text the train file holds twice (some with two labels) are left out first.
     Every side runs in this process, `--repeats` times, alternating order; each figure is the
     mean samples/s, and the ratio is tuneloop ÷ plain (goal >= 1.0).
 (b) Accuracy: each side's held-out accuracy on the first 1,000 rows of emotion's validation file
@@ -19,7 +20,7 @@
     process; its peak RSS, and the same minus the process's RSS after importing torch and
     transformers. Ratio 4-bit ÷ unquantized (goal <= 0.5).
 
-    python bench/methods.py [--rows 2000] [--epochs 2] [--repeats 2] [--skip-memory]
+    python bench/methods.py [--rows 3000] [--epochs 3] [--repeats 2] [--skip-memory] [--skip-throughput]
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import math
 import random
 import subprocess
 import sys
+from collections import Counter
 import tempfile
 import time
 from pathlib import Path
@@ -113,10 +115,11 @@ def tuneloop_loop(frame: pd.DataFrame, cfg, held_out: pd.DataFrame, work: Path) 
 def throughput(args: argparse.Namespace) -> None:
     from tuneloop import training
 
-    train_rows = rows("train")
+    counts = Counter(text for text, _ in rows("train"))
+    train_rows = [row for row in rows("train") if counts[row[0]] == 1]
     random.Random(0).shuffle(train_rows)
     frame = pd.DataFrame(train_rows[:args.rows], columns=["text", "label"])
-    held_out = pd.DataFrame(rows("val")[:HELD_OUT], columns=["text", "label"])
+    held_out = pd.DataFrame([row for row in rows("val") if row[0] not in counts][:HELD_OUT], columns=["text", "label"])
     fit, _ = training._dev_split(frame, 0.1, 0)  # exactly the rows tuneloop trains on
     labels = sorted(frame["label"].unique())
     sides = {
@@ -130,7 +133,7 @@ def throughput(args: argparse.Namespace) -> None:
         for repeat in range(args.repeats):
             order = list(sides) if repeat % 2 == 0 else list(reversed(sides))
             for name in order:
-                rate, accuracy = sides[name](Path(tmp) / f"{repeat}-{len(figures[name])}-{name.split()[1]}")
+                rate, accuracy = sides[name](Path(tmp) / f"{repeat}-{list(sides).index(name)}")
                 figures[name].append((rate, accuracy))
                 print(f"round {repeat + 1} {name:28s} {rate:7.1f} samples/s  held-out accuracy {accuracy:.4f}", flush=True)
     plain_rate = sum(r for r, _ in figures["plain"]) / args.repeats
@@ -144,12 +147,12 @@ def throughput(args: argparse.Namespace) -> None:
 
 
 CHILD = r'''
-import json, resource, sys, time
-import torch, transformers  # the runtime both sides pay before any model exists
-floor = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+import json, sys
 import pandas as pd
+import torch, transformers  # the runtime both sides pay before any model exists
 from pathlib import Path
 from tuneloop import training
+floor = training.peak_memory_mb("cpu")  # VmHWM: this process's own peak, not its parent's
 from tuneloop.config import parse_config
 folder, bits, texts = sys.argv[1], int(sys.argv[2]), json.loads(Path(sys.argv[3]).read_text())
 frame = pd.DataFrame({"text": texts, "label": ["a", "b"] * (len(texts) // 2)})
@@ -158,7 +161,7 @@ cfg = parse_config({"model": {"base": folder, "max_length": 64}, "method": {"nam
                     "train": {"epochs": 1, "batch_size": 8, "patience": 0, "dev_fraction": 0.1, "log_every": 10**6},
                     "runtime": {"device": "cpu"}})
 result = training.train(frame, cfg, Path(sys.argv[4]))
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+peak = training.peak_memory_mb("cpu")
 print(json.dumps({"floor_mb": floor, "peak_mb": peak, "steps": result.steps, "total_params": result.total_params,
                   "trainable_params": result.trainable_params}))
 '''
@@ -207,8 +210,8 @@ def memory(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=2000)
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--rows", type=int, default=3000)
+    parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-throughput", action="store_true")

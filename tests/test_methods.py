@@ -222,6 +222,14 @@ def test_defaults_resolve_per_architecture_and_size():
     assert (set_by_hand.r, set_by_hand.alpha, set_by_hand.target_modules) == (4, 8, ["key"])
 
 
+def test_feedforward_modules_must_be_among_the_default_targets():
+    with pytest.raises(ConfigError) as caught:
+        methods.resolve(methods.IA3Method(feedforward_modules=["intermediate.dense"]), "bert", 10**6, "b")
+    assert str(caught.value) == ("method.feedforward_modules ['intermediate.dense'] are not among the target modules "
+                                 "['key', 'value', 'output.dense'] (model.base 'b''s default); add them to "
+                                 "method.target_modules or remove them")
+
+
 def test_an_architecture_without_defaults_needs_targets():
     with pytest.raises(TrainingError, match=r"^method.target_modules is unset and peft has no default for model.base "
                                             r"'b' \(a 'weird' model\); set method.target_modules to all-linear"):
@@ -320,13 +328,15 @@ def test_prefix_tuning_on_a_classifier_that_takes_no_cache_is_refused_before_tra
     with pytest.raises(TrainingError) as caught:
         preflight.check_model(cfg, "cpu")
     assert str(caught.value) == (
-        "method.name prefix_tuning needs a model that takes past_key_values, and the sequence_classification model of "
-        f"model.base {str(tiny_base)!r} (a 'bert') does not; use p_tuning or prompt_tuning, or another base")
+        "method.name prefix_tuning needs a model whose forward takes past_key_values, and the sequence_classification "
+        f"model of model.base {str(tiny_base)!r} (a 'bert') does not (no sequence-classification model of "
+        "transformers 5 does); use p_tuning or prompt_tuning")
 
 
 def test_dora_on_an_8bit_base_is_refused_on_the_cpu(tiny_base):
-    with pytest.raises(TrainingError, match=r"^method.name dora on quantization.bits 8 fails in bitsandbytes' CPU int8 "
-                                            r"layer .*; use quantization.bits 4 or 0 here, or runtime.device cuda$"):
+    with pytest.raises(TrainingError, match=r"^method.name dora on quantization.bits 8 needs CUDA \(bitsandbytes' CPU "
+                                            r"int8 layer loses its scales once DoRA reads the weight\); use "
+                                            r"quantization.bits 0 or 4 here, or runtime.device cuda$"):
         preflight.check_model(config_for(tiny_base, "dora", 8), "cpu")
 
 
@@ -368,6 +378,6 @@ def test_config_validate_checks_the_method_against_the_base(tiny_base, tmp_path)
     bad = validate("  name: prefix_tuning\n")
     assert bad.returncode == 1 and bad.stdout == ""
     assert bad.stderr.strip().splitlines() == [
-        "error: TrainingError: method.name prefix_tuning needs a model that takes past_key_values, and the "
-        f"sequence_classification model of model.base {str(tiny_base)!r} (a 'bert') does not; use p_tuning or "
-        "prompt_tuning, or another base"]
+        "error: TrainingError: method.name prefix_tuning needs a model whose forward takes past_key_values, and the "
+        f"sequence_classification model of model.base {str(tiny_base)!r} (a 'bert') does not (no "
+        "sequence-classification model of transformers 5 does); use p_tuning or prompt_tuning"]

@@ -195,8 +195,8 @@ class TrainConfig(Strict):
     eval_batch_size: int = Field(64, ge=1, le=65536)
     learning_rate: float | None = Field(
         None, gt=0.0, le=1.0,
-        description="Peak learning rate; unset: the method's usual one (LoRA 1e-3, IA3 3e-3, prompt tuning 3e-2, "
-                    "full fine-tuning 2e-5).",
+        description="Peak learning rate; unset: the method's usual one ("
+                    + ", ".join(f"{name} {m.learning_rate:g}" for name, m in methods.REGISTRY.items()) + ").",
     )
     weight_decay: float = Field(0.0, ge=0.0, le=10.0)
     warmup_ratio: float = Field(0.06, ge=0.0, lt=1.0)
@@ -217,7 +217,9 @@ class TrainConfig(Strict):
         True, description="Sort texts by length within buckets of 50 batches, so a batch pads less; batch order stays random.",
     )
     price_per_hour: float = Field(
-        0.0, ge=0.0, le=10_000.0, description="What an hour of the training machine costs, for the run's cost estimate.",
+        0.0, ge=0.0, le=10_000.0,
+        description="What an hour of one training process's device costs (a GPU, or the machine of a CPU run); "
+                    "a run's cost estimate is its wall time x this x its processes.",
     )
 
 

@@ -144,8 +144,9 @@ def _old_rows(cfg: Config, origin: dict | None) -> tuple[pd.DataFrame | None, st
 
 
 def _params(cfg: Config) -> dict[str, object]:
-    return {f"{section}.{key}": value for section in ("model", "method", "quantization", "train", "gate")
-            for key, value in getattr(cfg, section).model_dump(mode="json").items()}
+    params = {f"{section}.{key}": value for section in ("model", "method", "quantization", "train", "gate")
+              for key, value in getattr(cfg, section).model_dump(mode="json").items()}
+    return {**params, "train.learning_rate": cfg.learning_rate()}  # the rate used, also when the method's default
 
 
 def write_dossier(cfg: Config, scores: Evaluation, decision: GateDecision, snapshot_dir: Path, folder: Path) -> tuple[Path, Path]:
@@ -180,12 +181,14 @@ def _libraries() -> dict[str, str]:
     return found
 
 
-def training_digest(cfg: Config, base_sha256: str) -> str:
-    """A sha256 of what shapes the trained weights: the model (by content, not by path), method,
-    quantization and train sections. Paths and hosts are left out, so it is the same on every machine."""
+def training_digest(cfg: Config, base_sha256: str, method: dict) -> str:
+    """A sha256 of what shapes the trained weights: the model (by content, not by path), the method as
+    it resolved on the base (`method`, from the adapter's metadata), quantization and the train section
+    with the learning rate used. Paths and hosts are left out, so it is the same on every machine."""
     model = {key: value for key, value in cfg.model.model_dump(mode="json").items() if key != "base"}
-    sections = {"model": model, "base_sha256": base_sha256,
-                **{name: getattr(cfg, name).model_dump(mode="json") for name in ("method", "quantization", "train")}}
+    train = {**cfg.train.model_dump(mode="json"), "learning_rate": cfg.learning_rate()}
+    sections = {"model": model, "base_sha256": base_sha256, "method": method, "train": train,
+                "quantization": cfg.quantization.model_dump(mode="json")}
     return hashlib.sha256(json.dumps(sections, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
@@ -220,9 +223,9 @@ def candidate_record(
     }
     record = VersionRecord(
         base_model=meta.base_model, base_sha256=meta.base_sha256, tokenizer_sha256=meta.tokenizer_sha256, task=meta.task,
-        labels=list(meta.labels), method=cfg.method.name, method_config=meta.method, quantization=meta.quantization,
+        labels=list(meta.labels), method=meta.method["name"], method_config=meta.method, quantization=meta.quantization,
         libraries=_libraries(), data_repo=snapshot.repo, data_rev=snapshot.rev, data_path=snapshot.path,
-        data_sha256=snapshot.sha256, config_sha256=training_digest(cfg, meta.base_sha256), pipeline_run=run_name,
+        data_sha256=snapshot.sha256, config_sha256=training_digest(cfg, meta.base_sha256, meta.method), pipeline_run=run_name,
         metrics=headline, gate=_verdict(decision), gate_reasons=list(decision.reasons),
         champion_version=scores.champion_version,
     )

@@ -14,14 +14,13 @@ table: query/value for BERT-style, q_proj/v_proj for LLaMA-style, q/v for T5-sty
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Callable, Literal, Union
 
 from pydantic import BeforeValidator, Field, model_validator
 
-from tuneloop.errors import TrainingError
+from tuneloop.errors import ConfigError, TrainingError
 from tuneloop.fields import Name, Names, Strict
 
 TASK_TYPES = {"sequence_classification": "SEQ_CLS"}
@@ -197,6 +196,9 @@ class Method:
         adaptable: layer classes its targets may name (empty: it takes no target modules).
         peft: builds the peft config from (resolved section, peft task type, run facts); None
             means no adapter at all (full fine-tuning).
+        cuda_only_bits: storage it trains on with CUDA only; `why_cuda` says what fails on a CPU.
+        needs_cache: whether the base's forward must take past_key_values (prefix tuning).
+        after_build: what to run on the freshly built peft model (LoftQ's initialization).
     """
 
     section: type[Strict]
@@ -205,6 +207,10 @@ class Method:
     why_not: str
     adaptable: frozenset[str]
     peft: Callable[[Any, str, dict], Any] | None
+    cuda_only_bits: frozenset[int] = frozenset()
+    why_cuda: str = ""
+    needs_cache: bool = False
+    after_build: Callable[[Any, Path], Any] | None = None
 
     @property
     def name(self) -> str:
@@ -225,6 +231,12 @@ class Method:
 def peft_targets(targets: list[str]) -> str | list[str]:
     """Target modules as peft takes them: the string `all-linear`, or the list of names."""
     return ALL_LINEAR if targets == [ALL_LINEAR] else list(targets)
+
+
+def _loftq_init(model: Any, base_dir: Path) -> None:
+    from tuneloop import quantization  # the bitsandbytes module; imported only when LoftQ runs
+
+    quantization.loftq_init(model, base_dir)
 
 
 def _lora(variant: dict) -> Callable[[Any, str, dict], Any]:
@@ -294,17 +306,18 @@ LYCORIS_LAYERS = frozenset({"Linear", "Conv1d", "Conv2d"})
 _LYCORIS_4BIT = "peft's LoHa/LoKr layers build their update from the base weight's shape, which 4-bit storage packs"
 REGISTRY: dict[str, Method] = {m.name: m for m in (
     Method(LoraMethod, 1e-3, ANY_BITS, "", LORA_LAYERS, _lora({})),
-    Method(DoraMethod, 1e-3, ANY_BITS, "", LORA_LAYERS, _lora({"use_dora": True})),
+    Method(DoraMethod, 1e-3, ANY_BITS, "", LORA_LAYERS, _lora({"use_dora": True}), cuda_only_bits=frozenset({8}),
+           why_cuda="bitsandbytes' CPU int8 layer loses its scales once DoRA reads the weight"),
     Method(RsloraMethod, 1e-3, ANY_BITS, "", LORA_LAYERS, _lora({"use_rslora": True})),
     Method(LoftqMethod, 1e-3, frozenset({4}),
            "LoftQ starts LoRA from the 4-bit base's quantization error, so it needs quantization.bits 4",
-           LORA_LAYERS, _lora({})),
+           LORA_LAYERS, _lora({}), after_build=_loftq_init),
     Method(LohaMethod, 1e-3, frozenset({0, 8}), _LYCORIS_4BIT, LYCORIS_LAYERS, _lycoris("LoHaConfig")),
     Method(LokrMethod, 1e-3, frozenset({0, 8}), _LYCORIS_4BIT, LYCORIS_LAYERS, _lycoris("LoKrConfig")),
     Method(AdaloraMethod, 1e-3, ANY_BITS, "", frozenset({"Linear", "Conv1D"}), _adalora),
     Method(IA3Method, 3e-3, ANY_BITS, "", frozenset({"Linear", "Conv1D", "Conv2d", "Conv3d"}), _ia3),
     Method(PromptTuningMethod, 3e-2, ANY_BITS, "", frozenset(), _prompt_tuning),
-    Method(PrefixTuningMethod, 1e-2, ANY_BITS, "", frozenset(), _prefix_tuning),
+    Method(PrefixTuningMethod, 1e-2, ANY_BITS, "", frozenset(), _prefix_tuning, needs_cache=True),
     Method(PtuningMethod, 1e-3, ANY_BITS, "", frozenset(), _p_tuning),
     Method(FullMethod, 2e-5, frozenset({0}),
            "full fine-tuning updates every base weight, and quantized weights take no gradients", frozenset(), None),
@@ -378,7 +391,15 @@ def resolve(section: Any, model_type: str, parameters: int, base: str) -> Any:
         _, feedforward = default_targets(section.name, model_type)
         targets = section.target_modules
         updates["feedforward_modules"] = [f for f in feedforward or [] if targets == [ALL_LINEAR] or f in targets]
-    return section.model_copy(update=updates)
+    resolved = section.model_copy(update=updates)
+    feedforward = getattr(resolved, "feedforward_modules", None) or []
+    stray = [f for f in feedforward if resolved.target_modules != [ALL_LINEAR] and f not in resolved.target_modules]
+    if stray:  # the config checks this when both lists are written; here the targets came from the base
+        raise ConfigError(
+            f"method.feedforward_modules {stray} are not among the target modules {resolved.target_modules} "
+            f"(model.base {base!r}'s default); add them to method.target_modules or remove them"
+        )
+    return resolved
 
 
 # The classification head trains in full (peft's modules_to_save); peft refuses it as an adapter target.
@@ -440,11 +461,6 @@ def peft_config(section: Any, task: str, run: dict) -> Any:
             text-initialized prompt's tokenizer).
     """
     return REGISTRY[section.name].peft(section, TASK_TYPES[task], run)
-
-
-def section_of(raw: dict) -> Any:
-    """Rebuild a method section from the dict an adapter's metadata records."""
-    return get(raw["name"]).section.model_validate_json(json.dumps(raw))
 
 
 def saved_weights(folder: Path, name: str) -> Path:

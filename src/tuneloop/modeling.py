@@ -272,8 +272,9 @@ def attach_adapter(model: Any, method: Any, task: str, quant: QuantizationConfig
     except ValueError as exc:  # peft: no module matched the targets (preflight names them first)
         raise TrainingError(f"method.target_modules {method.target_modules} match no layer of the base model "
                             f"({str(exc).splitlines()[0]}); run `tuneloop config validate` for the layers it has") from exc
-    if method.name == "loftq":
-        quantization.loftq_init(model, Path(run["base_dir"]))
+    finish = methods.get(method.name).after_build
+    if finish is not None:
+        finish(model, Path(run["base_dir"]))
     return model
 
 
@@ -369,7 +370,7 @@ def read_adapter_meta(folder: Path) -> AdapterMeta:
             "re-register the adapter from the folder training wrote"
         ) from None
     if not weights.is_file():
-        raise RegistryError(f"{folder} is not a tuneloop adapter (needs {ADAPTER_META} and {weights.name})")
+        raise RegistryError(f"{folder} is not a tuneloop {meta.method['name']} model (needs {ADAPTER_META} and {weights.name})")
     return meta
 
 

@@ -86,7 +86,7 @@ def check_model(cfg: Config, device: str) -> modeling.BaseFacts:
     methods.check_targets(method, facts.layers, cfg.model.base)
     _check_method_on_base(cfg, method, facts, device)
     quantization.check_layers(cfg.quantization, facts.in_features, device)
-    _check_precision(cfg, device)
+    check_precision(cfg, device)
     log.debug("base %s (%s): %d modules, %s positions", cfg.model.base, facts.model_type, len(facts.layers),
               facts.max_positions)
     return facts
@@ -100,29 +100,42 @@ def resolved_method(cfg: Config, facts: modeling.BaseFacts) -> Any:
 def _check_method_on_base(cfg: Config, method: Any, facts: modeling.BaseFacts, device: str) -> None:
     """Refuse the method/base/device combinations that peft or bitsandbytes would fail on mid-run."""
     base = f"model.base {cfg.model.base!r}"
-    if method.name == "prefix_tuning" and not facts.takes_past_key_values:
+    entry = methods.get(method.name)
+    if entry.needs_cache and not facts.takes_past_key_values:
         raise TrainingError(
-            f"method.name prefix_tuning needs a model that takes past_key_values, and the {cfg.model.task} model of "
-            f"{base} (a {facts.model_type!r}) does not; use p_tuning or prompt_tuning, or another base"
+            f"method.name {method.name} needs a model whose forward takes past_key_values, and the {cfg.model.task} "
+            f"model of {base} (a {facts.model_type!r}) does not (no sequence-classification model of transformers 5 "
+            "does); use p_tuning or prompt_tuning"
         )
     tokens = getattr(method, "num_virtual_tokens", 0)
-    if method.name != "prefix_tuning" and tokens and facts.max_positions is not None \
+    if not entry.needs_cache and tokens and facts.max_positions is not None \
             and cfg.model.max_length + tokens > facts.max_positions:
         raise ConfigError(
             f"model.max_length {cfg.model.max_length} + method.num_virtual_tokens {tokens} exceed the "
             f"{facts.max_positions} positions of {base}; lower one of them to fit"
         )
-    if method.name == "dora" and cfg.quantization.bits == 8 and not device.startswith("cuda"):
+    if cfg.quantization.bits in entry.cuda_only_bits and not device.startswith("cuda"):
+        others = " or ".join(str(b) for b in sorted(entry.bits - entry.cuda_only_bits))
         raise TrainingError(
-            "method.name dora on quantization.bits 8 fails in bitsandbytes' CPU int8 layer (its scales are gone "
-            "after DoRA reads the weight); use quantization.bits 4 or 0 here, or runtime.device cuda"
+            f"method.name {method.name} on quantization.bits {cfg.quantization.bits} needs CUDA ({entry.why_cuda}); "
+            f"use quantization.bits {others} here, or runtime.device cuda"
         )
 
 
-def _check_precision(cfg: Config, device: str) -> None:
-    """fp16 autocast is a CUDA feature, and a split global batch must divide among the processes."""
+def check_precision(cfg: Config, device: str) -> None:
+    """Check the mixed precision against the device, and that the global batch divides among the processes.
+
+    Raises:
+        TrainingError: fp16 without CUDA, or bf16 on a GPU without bf16.
+        ConfigError: a train.batch_size that WORLD_SIZE does not divide.
+    """
     if cfg.train.precision == "fp16" and not device.startswith("cuda"):
         raise TrainingError("train.precision fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
+    if cfg.train.precision == "bf16" and device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_bf16_supported():
+            raise TrainingError("train.precision bf16 needs a GPU with bf16 (Ampere or newer); use fp16 or fp32 on this one")
     processes = int(os.environ.get("WORLD_SIZE", "1"))
     if cfg.train.batch_size % processes:
         raise ConfigError(

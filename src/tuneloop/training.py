@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
 import resource
 import shutil
@@ -103,12 +104,20 @@ def seed_everything(seed: int) -> None:
 
 
 def peak_memory_mb(device: str) -> float:
-    """Return peak memory: CUDA max allocated on GPU, process max RSS on CPU."""
+    """Return peak memory: CUDA max allocated on GPU, this process's peak RSS on CPU.
+
+    On Linux the peak is /proc's VmHWM: getrusage's maxrss survives exec, so a step started by a
+    larger parent (a pipeline runner, a benchmark) would report the parent's size.
+    """
     import torch
 
     if device.startswith("cuda"):
         return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024  # kB
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux and BSD report KiB
 
 
 class Batches:
@@ -217,9 +226,10 @@ def _accelerator(cfg: Config) -> Any:
     from accelerate.state import AcceleratorState, GradientState
 
     device = preflight.check_runtime(cfg.runtime)
-    # accelerate keeps one precision and accumulation setting per process; a process that trains
-    # twice (tests, a sweep) starts each run afresh. The process group itself (PartialState) stays.
-    AcceleratorState._reset_state(reset_partial_state=False)
+    preflight.check_precision(cfg, device)  # accelerate would raise its own error for these
+    # accelerate keeps one device, precision and accumulation setting per process; a process that
+    # trains twice (tests, a sweep) starts each run afresh. A launcher's process group stays.
+    AcceleratorState._reset_state(reset_partial_state=int(os.environ.get("WORLD_SIZE", "1")) == 1)
     GradientState._reset_state()
     # split_batches: each global batch of train.batch_size rows is shared out among the processes,
     # so N processes take the same optimizer steps as one (a short last batch is topped up with
@@ -250,6 +260,11 @@ def train(frame: pd.DataFrame, cfg: Config, out_dir: Path) -> TrainResult:
     labels = sorted(frame["label"].unique())
     label_id = {label: i for i, label in enumerate(labels)}
     fit, dev = _dev_split(frame, cfg.train.dev_fraction, cfg.train.seed)
+    if accelerator.is_main_process:  # a reused folder keeps nothing of an earlier run (another method's weights)
+        for stale in (out_dir / ADAPTER_DIR, out_dir / CHECKPOINTS_DIR):
+            shutil.rmtree(stale, ignore_errors=True)
+        (out_dir / REPORT_FILE).unlink(missing_ok=True)
+    accelerator.wait_for_everyone()
     per_epoch = math.ceil(math.ceil(len(fit) / cfg.train.batch_size) / cfg.train.gradient_accumulation)
     total_steps = per_epoch * cfg.train.epochs
     model, tokenizer, meta = _build(cfg, labels, device, total_steps)
@@ -267,7 +282,6 @@ def train(frame: pd.DataFrame, cfg: Config, out_dir: Path) -> TrainResult:
 
     best = {"dev_loss": math.inf, "dev_accuracy": 0.0, "epoch": 0}
     stale, step, seen, tokens, curve, window, stepping = 0, 0, 0, 0, [], [], 0.0
-    loop_started = time.perf_counter()
     model.train()
     for epoch in range(1, cfg.train.epochs + 1):
         epoch_started = time.perf_counter()
@@ -290,12 +304,15 @@ def train(frame: pd.DataFrame, cfg: Config, out_dir: Path) -> TrainResult:
             curve.append(accelerator.reduce(torch.stack(window).mean(), "mean").item())
             window = []
             if step % cfg.train.log_every == 0 or step == total_steps:
-                rate = seen * accelerator.num_processes / (time.perf_counter() - loop_started)
+                rate = seen * accelerator.num_processes / (stepping + time.perf_counter() - epoch_started)
                 left = (total_steps - step) * cfg.train.batch_size * cfg.train.gradient_accumulation / max(rate, 1e-9)
                 say("epoch %d/%d step %d/%d loss %.4f %.1f samples/s ~%.0fs left",
                     epoch, cfg.train.epochs, step, total_steps, sum(curve[-5:]) / len(curve[-5:]), rate, left)
         stepping += time.perf_counter() - epoch_started  # throughput counts training, not the dev pass
-        dev_loss, dev_acc = _evaluate_dev(plain, tokenizer, dev_texts, dev_ids, cfg, device)
+        # Every rank scores the same dev rows; their mean is one figure, so all ranks stop together.
+        scored = accelerator.reduce(torch.tensor(_evaluate_dev(plain, tokenizer, dev_texts, dev_ids, cfg, device),
+                                                 device=accelerator.device), "mean")
+        dev_loss, dev_acc = float(scored[0]), float(scored[1])
         checkpoint = out_dir / CHECKPOINTS_DIR / f"epoch-{epoch}"
         if accelerator.is_main_process:
             modeling.save_adapter(plain, checkpoint, meta)

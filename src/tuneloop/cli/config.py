@@ -35,7 +35,9 @@ def validate(
         raise typer.Exit(1)
     if model:  # loads the architecture only (no weights); a failure is one line and exit 1
         cfg = parse_config(data, root)
-        method = preflight.resolved_method(cfg, preflight.check_model(cfg, modeling.pick_device(cfg.runtime.device)))
+        # As the configured device: a config for a GPU cluster is checked on a laptop without one.
+        device = "cuda" if cfg.runtime.device == "cuda" else modeling.pick_device(cfg.runtime.device)
+        method = preflight.resolved_method(cfg, preflight.check_model(cfg, device))
         typer.echo(f"{path}: valid; method {json.dumps(method.model_dump(mode='json'))}")
         return
     typer.echo(f"{path}: valid")
