@@ -1,10 +1,12 @@
 """The method registry: every way tuneloop can fine-tune a base model, keyed by `method.name`.
 
 An entry is the whole method: its config section (a small typed model with defaults from the
-literature), which quantized bases it can train on, its default learning rate, how it builds a
-trainable model, counts its parameters, saves and loads. Training, evaluation, serving and the
-config's method union all read this table; nothing else spells a method name. QLoRA is not an
-entry: it is any adapter method plus a `quantization` block.
+literature), which quantized bases it can train on (and which only on CUDA), its default learning
+rate, the layers its targets may name, its peft config (none for full fine-tuning, which trains,
+counts and saves the whole model), and any step after building (LoftQ's initialization). The
+config's method union, preflight and `modeling`'s build, save and load read this table; nothing
+else spells a method name. QLoRA is not an entry: it is any adapter method plus a `quantization`
+block.
 
 Defaults that depend on the base are left as None in the section and filled in by `resolve`
 from the base itself: the rank (8 with alpha 16 for bases up to 1B parameters, 16 with alpha 32
