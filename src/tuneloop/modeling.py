@@ -370,7 +370,8 @@ def read_adapter_meta(folder: Path) -> AdapterMeta:
             "re-register the adapter from the folder training wrote"
         ) from None
     if not weights.is_file():
-        raise RegistryError(f"{folder} is not a tuneloop {meta.method['name']} model (needs {ADAPTER_META} and {weights.name})")
+        kind = "fully fine-tuned model" if methods.get(meta.method["name"]).full else "adapter"
+        raise RegistryError(f"{folder} is not a tuneloop {kind} (needs {ADAPTER_META} and {weights.name})")
     return meta
 
 
