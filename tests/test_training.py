@@ -153,3 +153,15 @@ def test_train_reports_its_efficiency(tiny_model, tmp_path):
     # tokens per second over samples per second: the mean unpadded tokens of the 72 training rows
     per_row = result.tokens_per_second / result.samples_per_second
     assert 5 < per_row < 32  # short synthetic tickets, at most max_length 32 tokens each
+
+
+def test_a_reused_folder_keeps_nothing_of_an_earlier_run_but_a_refused_config_loses_it(tiny_model, tmp_path):
+    training.train(tickets(), config(tiny_model, method={"name": "full"}), tmp_path)
+    assert (tmp_path / "adapter" / "model.safetensors").is_file()
+    bad = config(tiny_model, method={"name": "lora", "target_modules": ["nope"]})
+    with pytest.raises(TrainingError):
+        training.train(tickets(), bad, tmp_path)
+    assert (tmp_path / "adapter" / "model.safetensors").is_file()  # refused before anything was touched
+    training.train(tickets(), config(tiny_model), tmp_path)
+    assert sorted(p.name for p in (tmp_path / "adapter").iterdir()) == [
+        "README.md", "adapter_config.json", "adapter_model.safetensors", "tuneloop_adapter.json"]

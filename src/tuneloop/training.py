@@ -260,14 +260,16 @@ def train(frame: pd.DataFrame, cfg: Config, out_dir: Path) -> TrainResult:
     labels = sorted(frame["label"].unique())
     label_id = {label: i for i, label in enumerate(labels)}
     fit, dev = _dev_split(frame, cfg.train.dev_fraction, cfg.train.seed)
-    if accelerator.is_main_process:  # a reused folder keeps nothing of an earlier run (another method's weights)
+    per_epoch = math.ceil(math.ceil(len(fit) / cfg.train.batch_size) / cfg.train.gradient_accumulation)
+    total_steps = per_epoch * cfg.train.epochs
+    model, tokenizer, meta = _build(cfg, labels, device, total_steps)
+    # Only once the model is built (a refused config loses nothing): a reused folder keeps nothing
+    # of an earlier run, such as another method's weights beside this one's.
+    if accelerator.is_main_process:
         for stale in (out_dir / ADAPTER_DIR, out_dir / CHECKPOINTS_DIR):
             shutil.rmtree(stale, ignore_errors=True)
         (out_dir / REPORT_FILE).unlink(missing_ok=True)
     accelerator.wait_for_everyone()
-    per_epoch = math.ceil(math.ceil(len(fit) / cfg.train.batch_size) / cfg.train.gradient_accumulation)
-    total_steps = per_epoch * cfg.train.epochs
-    model, tokenizer, meta = _build(cfg, labels, device, total_steps)
     trainable, total = modeling.parameter_counts(model)
     optimizer, schedule = _optimizer(model, cfg, total_steps)
     loader = _loader(tokenizer, fit, label_id, cfg)
