@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from importlib import metadata
@@ -97,10 +96,7 @@ def validate_step(cfg: Config, rev: str, out_dir: Path) -> data.Snapshot:
 def train_step(cfg: Config, snapshot_dir: Path, out_dir: Path) -> training.TrainResult:
     """Train on a snapshot's training rows (training checks the base model and method first)."""
     _, train_rows, _ = data.load_snapshot(snapshot_dir)
-    result = training.train(train_rows, cfg, out_dir)
-    if not os.environ.get("RANK", "0").strip("0"):  # in a distributed run, the main process writes
-        result.save(out_dir)
-    return result
+    return training.train(train_rows, cfg, out_dir)
 
 
 def evaluate_step(cfg: Config, snapshot_dir: Path, adapter_dir: Path, work_dir: Path) -> Evaluation:

@@ -240,7 +240,8 @@ def _accelerator(cfg: Config) -> Any:
 
 
 def train(frame: pd.DataFrame, cfg: Config, out_dir: Path) -> TrainResult:
-    """Train on the rows of `frame` (columns text, label); write the best epoch to out_dir/adapter.
+    """Train on the rows of `frame` (columns text, label); write the best epoch to out_dir/adapter and
+    the report to out_dir/train.json.
 
     Args:
         frame: validated training rows.
@@ -337,7 +338,7 @@ def train(frame: pd.DataFrame, cfg: Config, out_dir: Path) -> TrainResult:
         shutil.copytree(out_dir / CHECKPOINTS_DIR / f"epoch-{best['epoch']}", adapter_dir)
     accelerator.wait_for_everyone()
     wall = time.perf_counter() - started
-    return TrainResult(
+    result = TrainResult(
         adapter_dir=str(adapter_dir), labels=labels, epochs_run=epoch, best_epoch=best["epoch"], steps=step,
         train_loss=float(sum(curve[-5:]) / max(len(curve[-5:]), 1)), dev_loss=best["dev_loss"],
         dev_accuracy=best["dev_accuracy"], trainable_params=trainable, total_params=total,
@@ -347,6 +348,9 @@ def train(frame: pd.DataFrame, cfg: Config, out_dir: Path) -> TrainResult:
         cost=wall / 3600 * cfg.train.price_per_hour * accelerator.num_processes, processes=accelerator.num_processes,
         precision=cfg.train.precision, loss_curve=curve, weights_sha256=digests,
     )
+    if accelerator.is_main_process:
+        result.save(out_dir)
+    return result
 
 
 def trainable_digest(model: Any) -> str:
