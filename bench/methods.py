@@ -171,7 +171,7 @@ import gc, json, sys
 from pathlib import Path
 from tuneloop import modeling
 from tuneloop.config import QuantizationConfig
-model = modeling.load_classifier(Path(sys.argv[1]), ["a", "b"], QuantizationConfig(bits=int(sys.argv[2])), "cpu")
+model = modeling.load_model(Path(sys.argv[1]), "sequence_classification", ["a", "b"], QuantizationConfig(bits=int(sys.argv[2])), "cpu")
 gc.collect()
 status = {line.split(":")[0]: int(line.split()[1]) / 1024 for line in open("/proc/self/status")
           if line.startswith(("RssAnon", "RssFile"))}

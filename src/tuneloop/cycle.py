@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from tuneloop import data, dossier, evaluation, gate, preflight, registry, tables, training
+from tuneloop import data, dossier, evaluation, gate, preflight, registry, tables, tasks, training, validation
 from tuneloop.config import Config
 from tuneloop.errors import DataError, RegistryConflict
 from tuneloop.evaluation import EvalReport
 from tuneloop.gate import GateDecision
-from tuneloop.modeling import pick_device, read_adapter_meta
+from tuneloop.modeling import load_tokenizer, pick_device, read_adapter_meta, resolve_base
 from tuneloop.registry import Candidate, Registered, VersionRecord
 
 log = logging.getLogger(__name__)
@@ -87,10 +87,26 @@ def run_preflight(cfg: Config, rev: str, out_dir: Path) -> data.Snapshot:
     return snapshot
 
 
+def validation_rules(cfg: Config, count_tokens: bool = True) -> validation.Rules:
+    """The data rules of model.task; a generative task's targets are counted in the base's tokens
+    (`count_tokens`: the tokenizer loads in well under a second, with no model weights)."""
+    task = tasks.get(cfg.model.task)
+    if not task.generative:
+        return validation.CLASSIFICATION
+    counter = None
+    if count_tokens:
+        tokenizer = load_tokenizer(resolve_base(cfg.model.base))
+
+        def counter(texts: list[str]) -> list[int]:
+            return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
+    return validation.Rules(generative=True, roles=task.roles, count_tokens=counter,
+                            max_target_tokens=cfg.generation.max_new_tokens)
+
+
 def validate_step(cfg: Config, rev: str, out_dir: Path) -> data.Snapshot:
     """Check the registry store, read the data at `rev`, validate it against the champion, freeze it."""
     registry.check_store(cfg.registry)
-    return data.prepare(cfg.data, rev, out_dir, registry.champion_labels(cfg.registry))
+    return data.prepare(cfg.data, rev, out_dir, registry.champion_labels(cfg.registry), rules=validation_rules(cfg))
 
 
 def train_step(cfg: Config, snapshot_dir: Path, out_dir: Path) -> training.TrainResult:
@@ -108,11 +124,11 @@ def evaluate_step(cfg: Config, snapshot_dir: Path, adapter_dir: Path, work_dir: 
                         f"the config has {cfg.data.slice_column!r}; recreate it with `tuneloop data validate "
                         f"--out {snapshot_dir}` under this config")
     device = pick_device(cfg.runtime.device)
-    candidate = evaluation.evaluate(adapter_dir, held_out, device, cfg.train.eval_batch_size)
+    candidate = evaluation.evaluate(adapter_dir, held_out, device, cfg.train.eval_batch_size, cfg.generation)
     champion = registry.fetch_champion(cfg.registry, work_dir / "champion")
     if champion is None:
         return Evaluation(candidate, None, None)
-    champion_report = evaluation.evaluate(champion.adapter_dir, held_out, device, cfg.train.eval_batch_size)
+    champion_report = evaluation.evaluate(champion.adapter_dir, held_out, device, cfg.train.eval_batch_size, cfg.generation)
     origin = {"data_repo": champion.record.data_repo, "data_rev": champion.record.data_rev,
               "data_path": champion.record.data_path, "params": champion.params}
     return Evaluation(candidate, champion_report, champion.version, origin)
@@ -200,13 +216,12 @@ def candidate_record(
 ) -> Candidate:
     """Assemble the registry contract for one gated candidate: the version record, run metrics, params, reports."""
     meta = read_adapter_meta(adapter_dir)
-    headline = {
-        "accuracy": scores.candidate.accuracy, "macro_f1": scores.candidate.macro_f1,
-        "accuracy_ci_low": scores.candidate.accuracy_ci[0], "accuracy_ci_high": scores.candidate.accuracy_ci[1],
-        "macro_f1_ci_low": scores.candidate.macro_f1_ci[0], "macro_f1_ci_high": scores.candidate.macro_f1_ci[1],
-    }
+    headline = {}
+    for name, value in scores.candidate.metrics.items():  # the task's metrics: accuracy and macro_f1, ROUGE, perplexity
+        low, high = scores.candidate.intervals[name]
+        headline.update({name: value, f"{name}_ci_low": low, f"{name}_ci_high": high})
     if scores.champion:
-        headline.update(champion_accuracy=scores.champion.accuracy, champion_macro_f1=scores.champion.macro_f1)
+        headline.update({f"champion_{name}": value for name, value in scores.champion.metrics.items()})
     for name, stat in (decision.stats or {}).items():
         if stat.get("ci_low_points") is not None:
             headline.update({f"delta_{name}_ci_low_points": stat["ci_low_points"], f"delta_{name}_ci_high_points": stat["ci_high_points"]})

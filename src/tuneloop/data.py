@@ -81,7 +81,8 @@ def init_dvc(root: Path, remote: Path) -> None:
     repo.close()
 
 
-def add_dataset(root: Path, source: Path, name: str, cfg: DataConfig) -> DatasetVersion:
+def add_dataset(root: Path, source: Path, name: str, cfg: DataConfig,
+                rules: validation.Rules = validation.CLASSIFICATION) -> DatasetVersion:
     """Validate a data file, copy it into the workspace, track it with DVC, push it, and commit.
 
     The whole file is parsed and judged (every row check, repeats within the file, data.labels)
@@ -94,6 +95,7 @@ def add_dataset(root: Path, source: Path, name: str, cfg: DataConfig) -> Dataset
         source: a CSV, TSV or JSONL file.
         name: dataset name; the file lands at data/<name><suffix>.
         cfg: the data section of the config: the columns to read, the allowed labels, duplicates.
+        rules: what a row's target is (`validation.Rules` of model.task).
 
     Raises:
         DataError: when the file is missing, unreadable, empty, of an unsupported format, fails
@@ -111,7 +113,8 @@ def add_dataset(root: Path, source: Path, name: str, cfg: DataConfig) -> Dataset
     if frame.empty:
         raise DataError(f"data file {str(source)!r} has a header but no rows; add rows below the header")
     report = validation.validate_file(
-        frame, source=f"data file {str(source)!r}", allowed_labels=cfg.labels, allow_duplicates=cfg.allow_duplicates
+        frame, source=f"data file {str(source)!r}", allowed_labels=cfg.labels, allow_duplicates=cfg.allow_duplicates,
+        rules=rules,
     )
     validation.raise_for_problems(report)
     target = Path("data") / f"{name}{suffix}"
@@ -289,7 +292,8 @@ def _load(cfg: DataConfig, rev: str, path: str, key: str, slices: bool) -> tuple
 
 
 def prepare(
-    cfg: DataConfig, rev: str, out_dir: Path, champion_labels: list[str] | None = None, *, min_train_rows: int = 2
+    cfg: DataConfig, rev: str, out_dir: Path, champion_labels: list[str] | None = None, *, min_train_rows: int = 2,
+    rules: validation.Rules = validation.CLASSIFICATION,
 ) -> Snapshot:
     """Read the data at `rev`, split off the held-out rows, validate, and freeze a snapshot.
 
@@ -306,6 +310,7 @@ def prepare(
         out_dir: folder to write the snapshot into.
         champion_labels: the serving model's label set, to catch a changed label set.
         min_train_rows: fewest train rows training can use (see `validation.validate`).
+        rules: what a row's target is (`validation.Rules` of model.task).
 
     Raises:
         DataError: when the data cannot be read or fails validation (the report is written first).
@@ -323,7 +328,7 @@ def prepare(
         mask = tables.held_out_mask(frame["text"], cfg.eval_fraction)
         train, held_out = frame[~mask], frame[mask]
     source = f"{cfg.path}@{resolved[:8]}"
-    report, train, held_out = _validate(cfg, train, held_out, source, champion_labels, min_train_rows)
+    report, train, held_out = _validate(cfg, train, held_out, source, champion_labels, min_train_rows, rules)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / REPORT_FILE).write_text(json.dumps(report.to_dict(), indent=2))
     validation.raise_for_problems(report)
@@ -340,13 +345,13 @@ def prepare(
 
 def _validate(
     cfg: DataConfig, train: pd.DataFrame, held_out: pd.DataFrame, source: str,
-    champion_labels: list[str] | None, min_train_rows: int,
+    champion_labels: list[str] | None, min_train_rows: int, rules: validation.Rules,
 ) -> tuple[validation.ValidationReport, pd.DataFrame, pd.DataFrame]:
     """Validate all rows, then the capped rows when a cap cuts any; return the report and the capped splits."""
     def judge(train_rows: pd.DataFrame, held_out_rows: pd.DataFrame) -> validation.ValidationReport:
         return validation.validate(
             train_rows, held_out_rows, source=source, allowed_labels=cfg.labels, champion_labels=champion_labels,
-            allow_duplicates=cfg.allow_duplicates, min_train_rows=min_train_rows,
+            allow_duplicates=cfg.allow_duplicates, min_train_rows=min_train_rows, rules=rules,
         )
 
     report = judge(train, held_out)

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tuneloop import modeling
+from tuneloop import generation, modeling, tasks
 from tuneloop.errors import DataError
 from tuneloop.tokenization import batches
 
@@ -37,23 +37,30 @@ LATENCY_TEXTS = 32  # single-text predictions timed per evaluation: p95 of 32 is
 class EvalReport:
     """Scores of one model on one held-out set, with the per-row results they came from.
 
-    `truth`, `predictions`, `scores` (probability of the predicted label; empty when not given)
-    and `slices` (None when the rows carry none) are per held-out row, in the held-out order.
+    `metrics` holds every metric of the task (`tasks.REGISTRY`), `intervals` each one's 95%
+    bootstrap interval and `directions` whether higher or lower is better; the gate and the
+    registry read these. The classification fields (labels to majority_baseline_macro_f1) are
+    zero or empty for a generative task.
+
+    `truth`, `predictions` (labels, or reference and generated texts), `scores` (probability of
+    the predicted label; empty when not given) and `slices` (None when the rows carry none) are per
+    held-out row, in the held-out order; `row_values` holds a generative task's per-row figures
+    (rouge1, rouge2, rougeL; nll and tokens for perplexity), from which a paired comparison resamples.
     `model_labels` is the label set the model was trained on (`labels` also holds any label only
     the truth or the predictions use).
     """
 
     rows: int
-    labels: list[str]
-    accuracy: float
-    macro_f1: float
-    per_class_f1: dict[str, float]
-    confusion: list[list[int]]
-    predicted_classes: int
-    majority_baseline_macro_f1: float
-    accuracy_ci: tuple[float, float]
-    macro_f1_ci: tuple[float, float]
-    latency_ms: float
+    labels: list[str] = field(default_factory=list)
+    accuracy: float = 0.0
+    macro_f1: float = 0.0
+    per_class_f1: dict[str, float] = field(default_factory=dict)
+    confusion: list[list[int]] = field(default_factory=list)
+    predicted_classes: int = 0
+    majority_baseline_macro_f1: float = 0.0
+    accuracy_ci: tuple[float, float] = (0.0, 0.0)
+    macro_f1_ci: tuple[float, float] = (0.0, 0.0)
+    latency_ms: float = 0.0
     truth: list[str] = field(default_factory=list)
     predictions: list[str] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
@@ -61,6 +68,19 @@ class EvalReport:
     model_labels: list[str] = field(default_factory=list)
     latency_p50_ms: float = 0.0  # one text per forward pass (what a lone request waits), over LATENCY_TEXTS texts
     latency_p95_ms: float = 0.0
+    task: str = "sequence_classification"
+    metrics: dict[str, float] = field(default_factory=dict)
+    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
+    directions: dict[str, str] = field(default_factory=dict)
+    row_values: dict[str, list[float]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # A classifier's metrics are its accuracy and macro-F1 fields (also in reports written before `metrics`).
+        if not self.metrics and self.task == "sequence_classification":
+            object.__setattr__(self, "metrics", {"accuracy": self.accuracy, "macro_f1": self.macro_f1})
+            object.__setattr__(self, "intervals", {"accuracy": tuple(self.accuracy_ci), "macro_f1": tuple(self.macro_f1_ci)})
+        task = tasks.get(self.task)
+        object.__setattr__(self, "directions", {m: task.metric(m).direction for m in self.metrics})
 
     def to_dict(self) -> dict:
         """Return a JSON-serializable form."""
@@ -76,8 +96,10 @@ class EvalReport:
         unknown = sorted(set(raw) - {f.name for f in fields(cls)})
         if unknown:
             raise TypeError(f"unknown evaluation report keys {unknown}")
-        values = {**raw, "accuracy_ci": tuple(raw["accuracy_ci"]), "macro_f1_ci": tuple(raw["macro_f1_ci"])}
-        values.setdefault("model_labels", list(raw["labels"]))  # older reports: the labels it was scored on
+        values = {**raw, "accuracy_ci": tuple(raw.get("accuracy_ci", (0.0, 0.0))),
+                  "macro_f1_ci": tuple(raw.get("macro_f1_ci", (0.0, 0.0))),
+                  "intervals": {m: tuple(ci) for m, ci in raw.get("intervals", {}).items()}}
+        values.setdefault("model_labels", list(raw.get("labels", [])))  # older reports: the labels it was scored on
         return cls(**values)
 
 
@@ -153,16 +175,18 @@ class Comparison:
     """Candidate - champion on the same held-out rows.
 
     `intervals` maps each metric to the 95% paired-bootstrap interval of the difference, in
-    points (1 point = 0.01). `b` counts the rows only the candidate gets right, `c` the rows only
-    the champion gets right, `p_value` is McNemar's exact test on them. `slices` maps each slice
+    points (1 point = 0.01; `tasks.Metric.delta_points`: positive when the candidate is better).
+    For a classifier, `b` counts the rows only the candidate gets right, `c` the rows only the
+    champion gets right, `p_value` is McNemar's exact test on them (all None for a generative task,
+    whose rows are not right or wrong). `slices` maps each slice
     to its row count, both models' scores there ({metric: (candidate, champion)}) and the paired
     interval of the difference within the slice ({metric: (low, high)}, in points).
     """
 
     intervals: dict[str, tuple[float, float]]
-    b: int
-    c: int
-    p_value: float
+    b: int | None
+    c: int | None
+    p_value: float | None
     slices: dict[str, tuple[int, dict[str, tuple[float, float]], dict[str, tuple[float, float]]]]
 
 
@@ -230,6 +254,8 @@ def compare(candidate: EvalReport, champion: EvalReport, draws: int = 1000, seed
     Raises:
         DataError: when a report lacks per-row results or the two cover different rows.
     """
+    if tasks.get(candidate.task).generative:
+        return _compare_rows(candidate, champion, draws, seed)
     y, cand, champ, k = _paired_rows(candidate, champion)
     intervals = _paired_intervals(y, cand, champ, k, np.arange(len(y)), draws, seed)
     b, c = int(((cand == y) & (champ != y)).sum()), int(((cand != y) & (champ == y)).sum())
@@ -242,6 +268,39 @@ def compare(candidate: EvalReport, champion: EvalReport, draws: int = 1000, seed
             scores = {m: (float(ours[m][0]), float(theirs[m][0])) for m in METRICS}
             slices[name] = (len(pool), scores, _paired_intervals(y, cand, champ, k, pool, draws, seed))
     return Comparison(intervals=intervals, b=b, c=c, p_value=mcnemar(b, c), slices=slices)
+
+
+def _compare_rows(candidate: EvalReport, champion: EvalReport, draws: int, seed: int) -> Comparison:
+    """`compare` for a generative task: every metric is a function of per-row figures (`row_values`)."""
+    for name, report in (("candidate", candidate), ("champion", champion)):
+        if len(report.truth) != report.rows or not report.row_values:
+            raise DataError(f"the {name}'s evaluation report has no per-row figures for its {report.rows} rows; "
+                            "rerun `tuneloop evaluate` to score both models again")
+    if candidate.truth != champion.truth or candidate.slices != champion.slices or candidate.task != champion.task:
+        raise DataError(f"the candidate ({candidate.rows} rows) and the champion ({champion.rows} rows) were scored "
+                        "on different held-out rows; rerun `tuneloop evaluate` to score both on one snapshot")
+    task = tasks.get(candidate.task)
+    ours, theirs = ({key: np.asarray(values, dtype=float) for key, values in report.row_values.items()}
+                    for report in (candidate, champion))
+
+    def intervals(pool: np.ndarray) -> dict[str, tuple[float, float]]:
+        rng = np.random.default_rng(seed)
+        per_chunk, parts = max(1, CHUNK_CELLS // len(pool)), []
+        for start in range(0, draws, per_chunk):
+            rows = pool[rng.integers(0, len(pool), size=(min(per_chunk, draws - start), len(pool)))]
+            parts.append({m.name: m.delta_points(m.value(ours, rows), m.value(theirs, rows)) for m in task.metrics})
+        return {m.name: tuple(float(x) for x in np.percentile(np.concatenate([p[m.name] for p in parts]), PERCENTILES))
+                for m in task.metrics}
+
+    slices = {}
+    if candidate.slices is not None:
+        column = np.array(candidate.slices, dtype=object)
+        for name in sorted(set(candidate.slices)):
+            pool = np.flatnonzero(column == name)
+            scores = {m.name: (float(m.value(ours, pool[None, :])[0]), float(m.value(theirs, pool[None, :])[0]))
+                      for m in task.metrics}
+            slices[name] = (len(pool), scores, intervals(pool))
+    return Comparison(intervals=intervals(np.arange(candidate.rows)), b=None, c=None, p_value=None, slices=slices)
 
 
 def _paired_intervals(
@@ -300,24 +359,43 @@ def predict(adapter_dir: Path, texts: list[str], device: str, batch_size: int = 
     return labels, latency
 
 
-def single_text_latency(model: Any, tokenizer: Any, meta: modeling.AdapterMeta, texts: list[str], device: str) -> tuple[float, float]:
-    """Median and 95th percentile of the time to label one text alone, in milliseconds (after one warm-up)."""
+def single_text_latency(model: Any, tokenizer: Any, meta: modeling.AdapterMeta, texts: list[str], device: str,
+                        settings: Any = None) -> tuple[float, float]:
+    """Median and 95th percentile of the time to answer one text alone (a label, or a whole generated
+    output with `settings`, the generation section), in milliseconds (after one warm-up)."""
+    def answer(text: str) -> None:
+        if settings is None:
+            score_loaded(model, tokenizer, meta, [text], device, 1)
+        else:
+            generation.generate(model, tokenizer, meta.task, [text], meta.max_length, settings, device, 1)
+
     sample = texts[:LATENCY_TEXTS]
     if not sample:
         return 0.0, 0.0
-    score_loaded(model, tokenizer, meta, sample[:1], device, 1)
+    answer(sample[0])
     times = []
     for text in sample:
         started = time.perf_counter()
-        score_loaded(model, tokenizer, meta, [text], device, 1)
+        answer(text)
         times.append(1000 * (time.perf_counter() - started))
     return float(np.percentile(times, 50)), float(np.percentile(times, 95))
 
 
-def evaluate(adapter_dir: Path, held_out: pd.DataFrame, device: str, batch_size: int = 64) -> EvalReport:
-    """Evaluate an adapter on held-out rows (columns text, label, and slice when the rows carry one)."""
+def evaluate(adapter_dir: Path, held_out: pd.DataFrame, device: str, batch_size: int = 64,
+             settings: Any = None) -> EvalReport:
+    """Evaluate an adapter on held-out rows (columns text, label, and slice when the rows carry one).
+
+    Args:
+        adapter_dir: the adapter (or fully fine-tuned model) folder.
+        held_out: the rows; for a generative task, text is the source or prompt and label the reference.
+        device: torch device string.
+        batch_size: rows per forward pass (per generate call).
+        settings: the generation section, for a generative task (None: its defaults).
+    """
     texts = held_out["text"].tolist()
     model, tokenizer, meta = modeling.load_adapter(adapter_dir, device)
+    if tasks.get(meta.task).generative:
+        return _evaluate_generative(model, tokenizer, meta, held_out, device, batch_size, settings)
     started = time.perf_counter()
     predicted, probabilities = score_loaded(model, tokenizer, meta, texts, device, batch_size)
     latency = 1000 * (time.perf_counter() - started) / max(len(texts), 1)
@@ -330,4 +408,57 @@ def evaluate(adapter_dir: Path, held_out: pd.DataFrame, device: str, batch_size:
     )
     report = replace(report, latency_p50_ms=p50, latency_p95_ms=p95)
     log.info("evaluated %s on %d rows: accuracy %.4f macro-F1 %.4f", adapter_dir, report.rows, report.accuracy, report.macro_f1)
+    return report
+
+
+def score_texts(task_name: str, references: list[str], outputs: list[str], rows: dict[str, list[float]],
+                latency_ms: float = 0.0, slices: list[str] | None = None, seed: int = 0) -> EvalReport:
+    """Score a generative task's outputs from their per-row figures: each metric over all rows, and
+    its 95% bootstrap interval (rows resampled, seeded by `seed`).
+
+    Args:
+        task_name: model.task (seq2seq or causal_lm).
+        references: each row's reference text.
+        outputs: each row's generated text.
+        rows: per-row figures the task's metrics read (rouge1, rouge2, rougeL; nll and tokens).
+        latency_ms: mean generation time per row.
+        slices: each row's slice, or None.
+        seed: seeds the bootstrap of the intervals.
+    """
+    task = tasks.get(task_name)
+    arrays = {key: np.asarray(values, dtype=float) for key, values in rows.items()}
+    draws = np.random.default_rng(seed).integers(0, len(references), size=(BOOTSTRAP_SAMPLES, len(references)))
+    everything = np.arange(len(references))[None, :]
+    return EvalReport(
+        rows=len(references), latency_ms=latency_ms, truth=list(references), predictions=list(outputs), slices=slices,
+        task=task_name, metrics={m.name: float(m.value(arrays, everything)[0]) for m in task.metrics},
+        intervals={m.name: tuple(float(x) for x in np.percentile(m.value(arrays, draws), PERCENTILES))
+                   for m in task.metrics},
+        row_values={key: [float(x) for x in values] for key, values in rows.items()},
+    )
+
+
+def _evaluate_generative(model: Any, tokenizer: Any, meta: modeling.AdapterMeta, held_out: pd.DataFrame, device: str,
+                         batch_size: int, settings: Any) -> EvalReport:
+    """Generate an output for every held-out row and score it (ROUGE; perplexity of the references for causal_lm)."""
+    if settings is None:
+        from tuneloop.config import GenerationConfig
+
+        settings = GenerationConfig()
+    task = tasks.get(meta.task)
+    texts, references = held_out["text"].tolist(), held_out["label"].tolist()
+    started = time.perf_counter()
+    outputs = generation.generate(model, tokenizer, meta.task, texts, meta.max_length, settings, device, batch_size)
+    latency = 1000 * (time.perf_counter() - started) / max(len(texts), 1)
+    rows: dict[str, list[float]] = generation.rouge_rows(references, outputs)
+    if "perplexity" in task.metric_names:
+        nll, counts = generation.response_nll(model, tokenizer, meta.task, texts, references, meta.max_length,
+                                              settings.max_new_tokens, device, batch_size)
+        rows.update(nll=nll, tokens=[float(n) for n in counts])
+    p50, p95 = single_text_latency(model, tokenizer, meta, texts, device, settings)
+    slices = held_out["slice"].astype(str).tolist() if "slice" in held_out.columns else None
+    report = replace(score_texts(meta.task, references, outputs, rows, latency, slices=slices),
+                     latency_p50_ms=p50, latency_p95_ms=p95)
+    log.info("evaluated %s on %d rows: %s", meta.task, report.rows,
+             " ".join(f"{name} {value:.4f}" for name, value in report.metrics.items()))
     return report

@@ -15,8 +15,8 @@ Policies (`GateDecision.policy`):
 - "first_run": no champion; `gate.first_run` = "floors" passes on the floors and the degeneracy
   checks, "require_manual" leaves the promotion to a person (`passed` and `manual` both True:
   the checks passed, and the cycle registers it without moving the champion alias).
-- "reset_baseline": the champion was trained on another label set, so the scores do not
-  compare; handled as a first run.
+- "reset_baseline": the champion was trained on another label set (or task), so the scores do
+  not compare; handled as a first run.
 - "too_few_rows": fewer than `gate.min_rows` held-out rows; the gate refuses to decide (not passed).
 
 Slices (when the reports carry per-row slice values): no slice of at least `gate.min_slice_rows`
@@ -33,7 +33,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from tuneloop import evaluation
+from tuneloop import evaluation, tasks
 from tuneloop.config import GateConfig
 from tuneloop.errors import DataError
 from tuneloop.evaluation import EvalReport
@@ -102,6 +102,8 @@ class GateDecision:
 
 
 def _floors(candidate: EvalReport, cfg: GateConfig) -> list[str]:
+    if tasks.get(candidate.task).generative:  # the floors are classification scores
+        return []
     failures = []
     if candidate.accuracy < cfg.min_accuracy:
         failures.append(f"accuracy {candidate.accuracy:.4f} is below the floor gate.min_accuracy={cfg.min_accuracy}")
@@ -111,6 +113,11 @@ def _floors(candidate: EvalReport, cfg: GateConfig) -> list[str]:
 
 
 def _degenerate(candidate: EvalReport) -> list[str]:
+    if tasks.get(candidate.task).generative:
+        written = set(candidate.predictions)
+        if candidate.rows >= 2 and len(written) == 1:
+            return [f"degenerate: the model writes the same output for every held-out row ({next(iter(written))[:40]!r})"]
+        return []
     failures = []
     if candidate.predicted_classes < 2 <= len(candidate.per_class_f1):
         failures.append("degenerate: the model predicts a single class for every held-out row")
@@ -124,6 +131,9 @@ def _degenerate(candidate: EvalReport) -> list[str]:
 
 def _cleared(candidate: EvalReport, cfg: GateConfig) -> str:
     """The floor checks a candidate cleared, with its numbers."""
+    if tasks.get(candidate.task).generative:
+        scores = ", ".join(f"{m} {candidate.metrics[m]:.4f}" for m in cfg.metrics)
+        return f"{scores}; {candidate.task} has no floors" + (", and its outputs vary" if cfg.reject_degenerate else "")
     text = (f"accuracy {candidate.accuracy:.4f} >= gate.min_accuracy={cfg.min_accuracy}, "
             f"macro-F1 {candidate.macro_f1:.4f} >= gate.min_macro_f1={cfg.min_macro_f1}")
     if cfg.reject_degenerate:
@@ -137,13 +147,23 @@ def _points(delta: float) -> float:
     return round(delta, 6) + 0.0  # + 0.0 turns -0.0 into 0.0, so nothing prints "-0.00"
 
 
+def _metric(report: EvalReport, name: str) -> tasks.Metric:
+    return tasks.get(report.task).metric(name)
+
+
+def _unit(report: EvalReport, name: str) -> str:
+    """How a metric's differences and gate.margin read: points, or percent of the champion (perplexity)."""
+    return "%" if _metric(report, name).relative else " points"
+
+
 def _uncompared(candidate: EvalReport, champion: EvalReport | None, cfg: GateConfig) -> dict:
     """Per-metric stats when no interval is computed: the scores, and the point delta when there is a champion."""
     stats = {}
     for m in cfg.metrics:
-        theirs = None if champion is None else getattr(champion, m)
-        delta = None if theirs is None else _points(100 * (getattr(candidate, m) - theirs))
-        stats[m] = {"candidate": getattr(candidate, m), "champion": theirs, "delta_points": delta,
+        theirs = None if champion is None else champion.metrics.get(m)
+        ours = candidate.metrics[m]
+        delta = None if theirs is None else _points(_metric(candidate, m).delta_points(ours, theirs))
+        stats[m] = {"candidate": ours, "champion": theirs, "delta_points": delta, "direction": candidate.directions[m],
                     "ci_low_points": None, "ci_high_points": None, "margin": cfg.margin, "passed": None}
     return stats
 
@@ -155,31 +175,36 @@ def _compare(
     found = evaluation.compare(candidate, champion, cfg.bootstrap_draws, cfg.seed)
     stats, reasons, failures = {}, [], []
     for m in cfg.metrics:
-        ours, theirs = getattr(candidate, m), getattr(champion, m)
+        ours, theirs, unit = candidate.metrics[m], champion.metrics[m], _unit(candidate, m)
         low, high = (_points(x) for x in found.intervals[m])
         ok = low >= -cfg.margin
-        stats[m] = {"candidate": ours, "champion": theirs, "delta_points": _points(100 * (ours - theirs)),
-                    "ci_low_points": low, "ci_high_points": high, "margin": cfg.margin, "passed": ok}
-        line = (f"{m} {ours:.4f} vs champion {theirs:.4f}: {stats[m]['delta_points']:+.2f} points, "
+        stats[m] = {"candidate": ours, "champion": theirs,
+                    "delta_points": _points(_metric(candidate, m).delta_points(ours, theirs)),
+                    "direction": candidate.directions[m], "ci_low_points": low, "ci_high_points": high,
+                    "margin": cfg.margin, "passed": ok}
+        better = "" if candidate.directions[m] == "higher" else " (lower is better; + means the candidate is lower)"
+        line = (f"{m} {ours:.4f} vs champion {theirs:.4f}: {stats[m]['delta_points']:+.2f}{unit}{better}, "
                 f"95% CI [{low:+.2f}, {high:+.2f}]; ")
-        line += (f"lower bound within gate.margin={cfg.margin} points: non-inferior" if ok else
-                 f"lower bound {low:+.2f} regresses more than gate.margin={cfg.margin} points: "
+        line += (f"lower bound within gate.margin={cfg.margin}{unit}: non-inferior" if ok else
+                 f"lower bound {low:+.2f} regresses more than gate.margin={cfg.margin}{unit}: "
                  "not shown to be non-inferior")
         reasons.append(line)
         failures += [] if ok else [line]
-    test = {"b": found.b, "c": found.c, "p_value": found.p_value}
-    reasons.append(f"McNemar b={found.b} c={found.c} p={found.p_value:.3g} (b: rows only the candidate gets right, "
-                   "c: rows only the champion gets right; reported, not gated)")
-    slices, slice_reasons, slice_failures = _slices(found.slices, cfg)
+    test = None
+    if found.p_value is not None:
+        test = {"b": found.b, "c": found.c, "p_value": found.p_value}
+        reasons.append(f"McNemar b={found.b} c={found.c} p={found.p_value:.3g} (b: rows only the candidate gets right, "
+                       "c: rows only the champion gets right; reported, not gated)")
+    slices, slice_reasons, slice_failures = _slices(found.slices, cfg, candidate)
     return stats, test, slices, reasons + slice_reasons, failures + slice_failures
 
 
-def _slices(found: dict, cfg: GateConfig) -> tuple[list[dict], list[str], list[str]]:
+def _slices(found: dict, cfg: GateConfig, candidate: EvalReport) -> tuple[list[dict], list[str], list[str]]:
     """Judge each slice by its paired interval (`Comparison.slices`); return entries, reasons, failing reasons."""
     entries, reasons, failures = [], [], []
     for name, (rows, pairs, intervals) in found.items():
         scores = {m: {"candidate": pairs[m][0], "champion": pairs[m][1],
-                      "delta_points": _points(100 * (pairs[m][0] - pairs[m][1])),
+                      "delta_points": _points(_metric(candidate, m).delta_points(pairs[m][0], pairs[m][1])),
                       "ci_low_points": _points(intervals[m][0]), "ci_high_points": _points(intervals[m][1])}
                   for m in cfg.metrics}
         worst = min(cfg.metrics, key=lambda m: (scores[m]["ci_high_points"], scores[m]["delta_points"]))
@@ -207,13 +232,17 @@ def _without_comparison(
     candidate: EvalReport, champion: EvalReport | None, cfg: GateConfig, failures: list[str],
 ) -> GateDecision:
     """Decide a first run, or a run whose champion knows other labels: floors, then gate.first_run."""
-    value = getattr(candidate, cfg.metric)
+    value = candidate.metrics[cfg.metric]
     if champion is None:
         policy, why, baseline = "first_run", "no champion yet", None
     else:
-        policy, baseline = "reset_baseline", getattr(champion, cfg.metric)
-        why = (f"champion's label set {sorted(champion.model_labels)} differs from the candidate's "
-               f"{sorted(candidate.model_labels)}: the scores do not compare, so this run resets the baseline")
+        policy, baseline = "reset_baseline", champion.metrics.get(cfg.metric)
+        if champion.task != candidate.task:
+            why = (f"the champion is a {champion.task} model and the candidate a {candidate.task} one: the scores do "
+                   "not compare, so this run resets the baseline")
+        else:
+            why = (f"champion's label set {sorted(champion.model_labels)} differs from the candidate's "
+                   f"{sorted(candidate.model_labels)}: the scores do not compare, so this run resets the baseline")
     manual = cfg.first_run == "require_manual" and not failures
     if manual:
         verdict = f"{why}; gate.first_run=require_manual: it clears the floors ({_cleared(candidate, cfg)}), {MANUAL}"
@@ -240,10 +269,18 @@ def decide(candidate: EvalReport, champion: EvalReport | None, cfg: GateConfig) 
     Raises:
         DataError: when a comparison is due but the reports lack per-row results or cover different rows.
     """
+    task = tasks.get(candidate.task)
+    if cfg.metrics is None or cfg.metric is None:  # a section built on its own: the task's defaults
+        cfg = cfg.model_copy(update={"metrics": cfg.metrics or list(task.gated), "metric": cfg.metric or task.headline})
+    missing = [m for m in cfg.metrics if m not in candidate.metrics]
+    if missing:
+        raise DataError(f"gate.metrics {missing} are not scores of this {candidate.task} evaluation "
+                        f"({', '.join(candidate.metrics)}); set gate.metrics to some of them")
     failures = _floors(candidate, cfg) + (_degenerate(candidate) if cfg.reject_degenerate else [])
-    if champion is None or set(champion.model_labels) != set(candidate.model_labels):
+    changed = champion is not None and (champion.task != candidate.task or set(champion.model_labels) != set(candidate.model_labels))
+    if champion is None or changed:
         return _without_comparison(candidate, champion, cfg, failures)
-    value, baseline = getattr(candidate, cfg.metric), getattr(champion, cfg.metric)
+    value, baseline = candidate.metrics[cfg.metric], champion.metrics[cfg.metric]
     if candidate.rows < cfg.min_rows:
         refusal = (f"held-out set has {candidate.rows} rows, fewer than gate.min_rows={cfg.min_rows}: too few to tell "
                    f"the candidate ({cfg.metric} {value:.4f}) from the champion ({baseline:.4f}), so the gate refuses "

@@ -22,10 +22,10 @@ from typing import Annotated, Any, Callable, Literal, Union
 
 from pydantic import BeforeValidator, Field, model_validator
 
+from tuneloop import tasks
 from tuneloop.errors import ConfigError, TrainingError
 from tuneloop.fields import Name, Names, Strict
 
-TASK_TYPES = {"sequence_classification": "SEQ_CLS"}
 BILLION = 10**9
 ALL_LINEAR = "all-linear"
 
@@ -462,7 +462,7 @@ def peft_config(section: Any, task: str, run: dict) -> Any:
         run: facts of this run a method may need: total_steps (AdaLoRA's schedule), base_dir (a
             text-initialized prompt's tokenizer).
     """
-    return REGISTRY[section.name].peft(section, TASK_TYPES[task], run)
+    return REGISTRY[section.name].peft(section, tasks.get(task).peft_type, run)
 
 
 def saved_weights(folder: Path, name: str) -> Path:

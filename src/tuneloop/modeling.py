@@ -16,9 +16,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from tuneloop import methods, quantization
+from tuneloop import methods, quantization, tasks
 from tuneloop.config import DEFAULT_BASE_MODEL, QuantizationConfig
-from tuneloop.errors import RegistryError, TrainingError
+from tuneloop.errors import ConfigError, RegistryError, TrainingError
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class BaseFacts:
         layers: every module's dotted name mapped to its class name (e.g. "Linear").
         in_features: input width of every torch.nn.Linear, by dotted name.
         parameters: the base's parameter count.
-        takes_past_key_values: whether its forward accepts past_key_values (prefix tuning needs it).
+        takes_past_key_values: whether its forward takes a key-value cache (prefix tuning needs it).
     """
 
     folder: Path
@@ -96,8 +96,8 @@ def resolve_base(base: str) -> Path:
         ) from exc
 
 
-def inspect_base(base: str) -> BaseFacts:
-    """Check that model.base is a loadable classifier base and describe it, loading no weights.
+def inspect_base(base: str, task: str = "sequence_classification") -> BaseFacts:
+    """Check that model.base is a loadable base for model.task and describe it, loading no weights.
 
     The architecture is built on torch's meta device, so a 7B model is inspected in seconds.
 
@@ -105,7 +105,7 @@ def inspect_base(base: str) -> BaseFacts:
         TrainingError: naming model.base, what is missing or broken, and the fix.
     """
     import torch
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
     folder = resolve_base(base)
     files = set(os.listdir(folder))
@@ -122,13 +122,15 @@ def inspect_base(base: str) -> BaseFacts:
     except (OSError, ValueError, KeyError, TypeError) as exc:  # transformers' ways of saying "unreadable"
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TrainingError(f"model.base {base!r} cannot be loaded ({detail}); re-save it with save_pretrained") from exc
+    entry = tasks.get(task)
     try:
         with torch.device("meta"):
-            model = AutoModelForSequenceClassification.from_config(config)
+            model = entry.auto_class().from_config(config)
     except ValueError as exc:
-        raise TrainingError(
-            f"model.base {base!r} is a {config.model_type!r} model, which has no sequence-classification head "
-            "in transformers; pick an encoder or decoder that has one"
+        raise ConfigError(
+            f"model.task {task} needs {entry.archs}, and model.base {base!r} is a {config.model_type!r} model, "
+            f"which transformers has no {entry.model_class.removeprefix('AutoModelFor')} model for; pick a base of "
+            f"that kind, or the task its architecture fits"
         ) from exc
     _check_weights(base, folder, model)
     vocab = getattr(config, "vocab_size", None)
@@ -146,7 +148,8 @@ def inspect_base(base: str) -> BaseFacts:
         layers={name: type(module).__name__ for name, module in modules},
         in_features={name: module.in_features for name, module in modules if isinstance(module, torch.nn.Linear)},
         parameters=sum(p.numel() for p in model.parameters()),
-        takes_past_key_values="past_key_values" in inspect.signature(model.forward).parameters,
+        # transformers 5 renames past_key_values to cache (and still takes the old name through **kwargs)
+        takes_past_key_values=bool({"past_key_values", "cache"} & set(inspect.signature(model.forward).parameters)),
     )
 
 
@@ -228,24 +231,27 @@ def load_tokenizer(folder: Path) -> Any:
     return AutoTokenizer.from_pretrained(str(folder))
 
 
-def load_classifier(folder: Path, labels: list[str], quant: QuantizationConfig, device: str) -> Any:
-    """Load a base model with a fresh classification head for `labels`, optionally quantized."""
-    from transformers import AutoModelForSequenceClassification
+def load_model(folder: Path, task: str, labels: list[str], quant: QuantizationConfig, device: str) -> Any:
+    """Load a base model for a task, optionally quantized: with a fresh classification head for
+    `labels` (sequence_classification), or with its own language-model head (generative tasks)."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # the "newly initialized head" report is expected: the head trains
     hf_logging.disable_progress_bar()  # a per-tensor loading bar, for a model that loads in a second
-    kwargs: dict[str, Any] = {
-        "num_labels": len(labels),
-        "id2label": dict(enumerate(labels)),
-        "label2id": {label: i for i, label in enumerate(labels)},
-        # A base that already is a classifier (another label count) would otherwise fail to load.
-        "ignore_mismatched_sizes": True,
-    }
+    entry = tasks.get(task)
+    kwargs: dict[str, Any] = {}
+    if not entry.generative:
+        kwargs = {
+            "num_labels": len(labels),
+            "id2label": dict(enumerate(labels)),
+            "label2id": {label: i for i, label in enumerate(labels)},
+            # A base that already is a classifier (another label count) would otherwise fail to load.
+            "ignore_mismatched_sizes": True,
+        }
     bnb = quantization.bnb_config(quant)
     if bnb is not None:
         kwargs.update(quantization_config=bnb, device_map={"": device})
-    model = AutoModelForSequenceClassification.from_pretrained(str(folder), **kwargs)
+    model = entry.auto_class().from_pretrained(str(folder), **kwargs)
     if getattr(model.config, "pad_token_id", None) is None and model.config.eos_token_id is not None:
         model.config.pad_token_id = model.config.eos_token_id
     return model if bnb is not None else model.to(device)
@@ -255,7 +261,7 @@ def attach_adapter(model: Any, method: Any, task: str, quant: QuantizationConfig
     """Make a base model trainable by a resolved method section: a fresh adapter, or every weight for full fine-tuning.
 
     Args:
-        model: the base model, as `load_classifier` returns it.
+        model: the base model, as `load_model` returns it.
         method: the method section with its defaults resolved (`methods.resolve`).
         task: model.task.
         quant: how the base is stored.
@@ -424,10 +430,10 @@ def load_adapter(folder: Path, device: str, base: str | None = None) -> tuple[An
     base_dir = check_contract(folder, meta, base)
     if methods.get(meta.method["name"]).full:
         # A fully fine-tuned model is its own weights; the base it started from gives the tokenizer.
-        model = load_classifier(folder, meta.labels, QuantizationConfig(), device)
+        model = load_model(folder, meta.task, meta.labels, QuantizationConfig(), device)
     else:
         from peft import PeftModel  # after the checks: a refused adapter costs no peft import (~3 s)
-        model = load_classifier(base_dir, meta.labels, QuantizationConfig(**meta.quantization), device)
+        model = load_model(base_dir, meta.task, meta.labels, QuantizationConfig(**meta.quantization), device)
         # peft reads adapter_model.safetensors whenever it exists (read_adapter_meta demands it) and only
         # otherwise torch.loads adapter_model.bin; its use_safetensors argument guards disk offload only
         # (peft 0.21.2, load_peft_weights), so check_adapter_files above is what keeps pickles out.

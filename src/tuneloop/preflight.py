@@ -76,7 +76,7 @@ def check_model(cfg: Config, device: str) -> modeling.BaseFacts:
             the quantization cannot run on this base and device.
         ConfigError: when model.max_length exceeds the base model's positions.
     """
-    facts = modeling.inspect_base(cfg.model.base)
+    facts = modeling.inspect_base(cfg.model.base, cfg.model.task)
     if facts.max_positions is not None and cfg.model.max_length > facts.max_positions:
         raise ConfigError(
             f"model.max_length {cfg.model.max_length} exceeds the {facts.max_positions} positions of model.base "
@@ -105,7 +105,7 @@ def _check_method_on_base(cfg: Config, method: Any, facts: modeling.BaseFacts, d
         raise TrainingError(
             f"method.name {method.name} needs a model whose forward takes past_key_values, and the {cfg.model.task} "
             f"model of {base} (a {facts.model_type!r}) does not (no sequence-classification model of transformers 5 "
-            "does); use p_tuning or prompt_tuning"
+            "does); use p_tuning or prompt_tuning, or prefix tuning on a seq2seq or causal_lm task"
         )
     tokens = getattr(method, "num_virtual_tokens", 0)
     if not entry.needs_cache and tokens and facts.max_positions is not None \

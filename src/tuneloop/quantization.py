@@ -13,9 +13,11 @@ from typing import Any
 from tuneloop.config import QuantizationConfig
 from tuneloop.errors import TrainingError
 
-# Trainable or tiny layers that must stay full precision: the head trains, the pooler is one
-# hidden x hidden matrix (0.6% of MiniLM) whose quantization saves nothing worth its error.
-FULL_PRECISION_MODULES = ["classifier", "pooler", "score"]
+# Trainable or tiny layers that must stay full precision: a classifier's head trains, the pooler is
+# one hidden x hidden matrix (0.6% of MiniLM) whose quantization saves nothing worth its error, and
+# a language model's output head is the one layer QLoRA keeps in full precision (it is often tied to
+# the input embeddings, which are never quantized: T5's would break).
+FULL_PRECISION_MODULES = ["classifier", "pooler", "score", "lm_head"]
 
 
 def bnb_config(cfg: QuantizationConfig) -> Any | None:

@@ -39,7 +39,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from tuneloop import ledger, methods, store
+from tuneloop import ledger, methods, store, tasks
 from tuneloop.config import RegistryConfig
 from tuneloop.errors import RegistryConflict, RegistryError
 
@@ -862,12 +862,14 @@ def status(cfg: RegistryConfig) -> dict[str, Any]:
         for version in client.search_model_versions(_by_name(cfg.model_name)):
             metrics = client.get_run(version.run_id).data.metrics if version.run_id else {}
             record = _record(version)
+            head = tasks.REGISTRY[record.task].headline if record.task in tasks.REGISTRY else "macro_f1"
             rows.append({
                 "version": str(version.version), "aliases": sorted(aliases.get(str(version.version), [])),
                 "gate": record.gate, "promotion": record.promotion or None, "reasons": "; ".join(record.gate_reasons),
                 "data_rev": record.data_rev, "method": record.method,
                 "accuracy": metrics.get("accuracy"), "macro_f1": metrics.get("macro_f1"),
                 "champion_macro_f1": metrics.get("champion_macro_f1"), "created": version.creation_timestamp,
+                "task": record.task, "metric": head, "score": metrics.get(head), "champion_score": metrics.get(f"champion_{head}"),
             })
         rows.sort(key=lambda row: int(row["version"]), reverse=True)
         moves = [e.to_dict() for e in ledger.history(_Ledger(client, cfg).entries())]

@@ -24,10 +24,9 @@ from typing import Any, Iterator
 
 import pandas as pd
 
-from tuneloop import modeling, preflight
+from tuneloop import modeling, preflight, tasks
 from tuneloop.config import Config
 from tuneloop.errors import DataError, TrainingError
-from tuneloop.tokenization import batches
 
 log = logging.getLogger(__name__)
 
@@ -158,28 +157,37 @@ def _dev_split(frame: pd.DataFrame, fraction: float, seed: int) -> tuple[pd.Data
     return shuffled.iloc[n_dev:].reset_index(drop=True), shuffled.iloc[:n_dev]
 
 
-def _evaluate_dev(model: Any, tokenizer: Any, texts: list[str], ids: list[int], cfg: Config, device: str) -> tuple[float, float]:
+def _evaluate_dev(model: Any, tokenizer: Any, frame: pd.DataFrame, targets: list[Any], cfg: Config,
+                  device: str) -> tuple[float, float]:
+    """Mean loss per row and the share of right predictions (rows for a classifier, target tokens
+    for a generative task) on the dev rows."""
     import torch
 
+    task = tasks.get(cfg.model.task)
+    texts, size = frame["text"].tolist(), cfg.train.eval_batch_size
     model.eval()
-    loss_sum, correct = 0.0, 0
+    loss_sum, correct, counted = 0.0, 0, 0
     with torch.no_grad():
-        for batch in batches(tokenizer, texts, ids, cfg.train.eval_batch_size, cfg.model.max_length):
-            batch = batch.to(device)
+        for start in range(0, len(texts), size):
+            batch = tasks.collate(task, tokenizer, texts[start:start + size], targets[start:start + size],
+                                  cfg.model.max_length, cfg.generation.max_new_tokens)
+            batch = {key: value.to(device) for key, value in batch.items()}
             out = model(**batch)
             loss_sum += out.loss.item() * len(batch["labels"])
-            correct += (out.logits.argmax(-1) == batch["labels"]).sum().item()
+            right, count = tasks.dev_correct(task, out.logits, batch["labels"])
+            correct, counted = correct + right, counted + count
     model.train()
-    return loss_sum / len(texts), correct / len(texts)
+    return loss_sum / len(texts), correct / max(counted, 1)
 
 
 def _build(cfg: Config, labels: list[str], device: str, total_steps: int) -> tuple[Any, Any, modeling.AdapterMeta]:
-    """Load the base with a fresh head, make it trainable by the method, and describe it for saving."""
+    """Load the base for the task (a fresh head for a classifier), make it trainable by the method,
+    and describe it for saving."""
     facts = preflight.check_model(cfg, device)
     method = preflight.resolved_method(cfg, facts)
     base = modeling.resolve_base(cfg.model.base)
     model = modeling.attach_adapter(
-        modeling.load_classifier(base, labels, cfg.quantization, device), method, cfg.model.task, cfg.quantization,
+        modeling.load_model(base, cfg.model.task, labels, cfg.quantization, device), method, cfg.model.task, cfg.quantization,
         {"total_steps": total_steps, "base_dir": str(base)},
     )
     base_sha, tok_sha = modeling.fingerprint(base)
@@ -202,19 +210,25 @@ def _optimizer(model: Any, cfg: Config, total_steps: int) -> tuple[Any, Any]:
     return optimizer, get_linear_schedule_with_warmup(optimizer, int(cfg.train.warmup_ratio * total_steps), total_steps)
 
 
-def _loader(tokenizer: Any, frame: pd.DataFrame, label_id: dict[str, int], cfg: Config) -> Any:
-    """A DataLoader of tokenized global batches (padded to their own longest text)."""
-    import torch
+def _targets(frame: pd.DataFrame, labels: list[str]) -> list[Any]:
+    """Each row's training target: its label's index for a classifier, its target text otherwise."""
+    if not labels:
+        return frame["label"].tolist()
+    label_id = {label: i for i, label in enumerate(labels)}
+    return [label_id[x] for x in frame["label"]]
+
+
+def _loader(tokenizer: Any, frame: pd.DataFrame, labels: list[str], cfg: Config) -> Any:
+    """A DataLoader of tokenized global batches (padded to their own longest row)."""
     from torch.utils.data import DataLoader
 
-    texts, ids = frame["text"].tolist(), [label_id[x] for x in frame["label"]]
-    lengths = [len(row) for row in tokenizer(texts, truncation=True, max_length=cfg.model.max_length)["input_ids"]]
+    task = tasks.get(cfg.model.task)
+    texts, targets = frame["text"].tolist(), _targets(frame, labels)
+    lengths = tasks.lengths(task, tokenizer, texts, targets, cfg.model.max_length, cfg.generation.max_new_tokens)
 
     def collate(rows: list[int]) -> Any:
-        batch = tokenizer([texts[i] for i in rows], padding=True, truncation=True, max_length=cfg.model.max_length,
-                          return_tensors="pt")
-        batch["labels"] = torch.tensor([ids[i] for i in rows])
-        return batch
+        return tasks.collate(task, tokenizer, [texts[i] for i in rows], [targets[i] for i in rows],
+                             cfg.model.max_length, cfg.generation.max_new_tokens)
 
     sampler = Batches(lengths, cfg.train.batch_size, cfg.train.seed, cfg.train.group_by_length)
     return DataLoader(list(range(len(texts))), batch_sampler=sampler, collate_fn=collate)
@@ -258,8 +272,7 @@ def train(frame: pd.DataFrame, cfg: Config, out_dir: Path) -> TrainResult:
     seed_everything(cfg.train.seed)
     accelerator = _accelerator(cfg)
     device = str(accelerator.device)
-    labels = sorted(frame["label"].unique())
-    label_id = {label: i for i, label in enumerate(labels)}
+    labels = [] if tasks.get(cfg.model.task).generative else sorted(frame["label"].unique())
     fit, dev = _dev_split(frame, cfg.train.dev_fraction, cfg.train.seed)
     per_epoch = math.ceil(math.ceil(len(fit) / cfg.train.batch_size) / cfg.train.gradient_accumulation)
     total_steps = per_epoch * cfg.train.epochs
@@ -273,11 +286,11 @@ def train(frame: pd.DataFrame, cfg: Config, out_dir: Path) -> TrainResult:
     accelerator.wait_for_everyone()
     trainable, total = modeling.parameter_counts(model)
     optimizer, schedule = _optimizer(model, cfg, total_steps)
-    loader = _loader(tokenizer, fit, label_id, cfg)
+    loader = _loader(tokenizer, fit, labels, cfg)
     model, optimizer, loader, schedule = accelerator.prepare(model, optimizer, loader, schedule)
     plain = accelerator.unwrap_model(model)
     allocate = getattr(getattr(plain, "base_model", None), "update_and_allocate", None)  # AdaLoRA's rank budget
-    dev_texts, dev_ids = dev["text"].tolist(), [label_id[x] for x in dev["label"]]
+    dev_targets = _targets(dev, labels)
     say = log.info if accelerator.is_main_process else log.debug
     say("training %s on %s (%s x%d, %s): %d train / %d dev rows, %d labels, %d of %d params trainable (%.2f%%)",
         meta.method["name"], cfg.model.base, device, accelerator.num_processes, cfg.train.precision, len(fit), len(dev),
@@ -313,7 +326,7 @@ def train(frame: pd.DataFrame, cfg: Config, out_dir: Path) -> TrainResult:
                     epoch, cfg.train.epochs, step, total_steps, sum(curve[-5:]) / len(curve[-5:]), rate, left)
         stepping += time.perf_counter() - epoch_started  # throughput counts training, not the dev pass
         # Every rank scores the same dev rows; their mean is one figure, so all ranks stop together.
-        scored = accelerator.reduce(torch.tensor(_evaluate_dev(plain, tokenizer, dev_texts, dev_ids, cfg, device),
+        scored = accelerator.reduce(torch.tensor(_evaluate_dev(plain, tokenizer, dev, dev_targets, cfg, device),
                                                  device=accelerator.device), "mean")
         dev_loss, dev_acc = float(scored[0]), float(scored[1])
         checkpoint = out_dir / CHECKPOINTS_DIR / f"epoch-{epoch}"

@@ -17,6 +17,7 @@ import logging
 import re
 from collections import Counter
 from dataclasses import asdict, dataclass
+from typing import Callable
 
 import pandas as pd
 
@@ -28,7 +29,7 @@ CHECKS = (
     "empty_dataset", "too_few_rows",
     "undecodable", "invalid_unicode", "not_a_string", "control_characters", "too_long",
     "missing_text", "missing_label", "missing_slice", "label_whitespace", "unknown_label",
-    "single_class", "label_set_changed",
+    "single_class", "label_set_changed", "target_too_long",
     "overlap", "conflicting_labels", "duplicate",
 )
 SPLITS = ("train", "held_out", "file")  # "file": one data file judged on its own, before `data add`
@@ -50,6 +51,32 @@ _LONG_FIX = {
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u00ad\u200b-\u200f\u2028-\u202e\u2060-\u2064\ufeff]")
 _LABEL_CONTROL = re.compile(_CONTROL.pattern[:-1] + "\t\n\r]")  # a label is one line of printable text
 _SNIPPET = 40  # characters of a text quoted in a message: enough to find it, short enough for one line
+
+
+@dataclass(frozen=True)
+class Rules:
+    """What a row's target is, by model.task: a class label, or a text the model learns to write.
+
+    For a generative task (seq2seq: source/target, causal_lm: prompt/response) the target is held
+    to the rules of a text, and the class checks (single class, label set, unknown labels,
+    whitespace around a label) and conflicting targets (one source may have several good
+    summaries) do not apply. With `count_tokens`, a target over `max_target_tokens` tokens (the end
+    token included) is a problem: training would teach the model to stop mid-sentence.
+
+    Attributes:
+        generative: whether the target is a text.
+        roles: what the input and the target are called in messages (text/label, source/target ...).
+        count_tokens: the base tokenizer's token count of each text (no special tokens), or None.
+        max_target_tokens: generation.max_new_tokens.
+    """
+
+    generative: bool = False
+    roles: tuple[str, str] = ("text", "label")
+    count_tokens: Callable[[list[str]], list[int]] | None = None
+    max_target_tokens: int = 0
+
+
+CLASSIFICATION = Rules()
 
 
 @dataclass(frozen=True)
@@ -127,6 +154,7 @@ def validate(
     champion_labels: list[str] | None = None,
     allow_duplicates: bool = False,
     min_train_rows: int = 2,
+    rules: Rules = CLASSIFICATION,
 ) -> ValidationReport:
     """Check the train and held-out frames and collect every problem.
 
@@ -140,6 +168,7 @@ def validate(
         min_train_rows: fewest train rows training can use; it sets aside max(1, round(n *
             train.dev_fraction)) rows for early stopping and needs one row left to fit, so 2 for
             every dev_fraction below 0.5.
+        rules: what the target is (model.task's rules).
 
     Returns:
         The report; `report.ok` is False when any problem was found.
@@ -149,15 +178,19 @@ def validate(
     problems = _size_problems(len(train), len(held_out), source, min_train_rows)
     if train.empty:  # nothing else can be judged
         return _finish(source, train, held_out, labels, problems)
-    problems += _class_problems(labels, champion_labels)
+    if rules.generative:
+        labels = []
+    else:
+        problems += _class_problems(labels, champion_labels)
     for split, frame in zip(SPLITS, (train, held_out)):
-        problems += _frame_problems(frame, split, labels, allowed_labels, allow_duplicates)
-    problems += _overlap_problems(train, held_out)
+        problems += _frame_problems(frame, split, labels, allowed_labels, allow_duplicates, rules)
+    problems += _overlap_problems(train, held_out, rules)
     return _finish(source, train, held_out, labels, _ordered(problems))
 
 
 def validate_file(
-    frame: pd.DataFrame, *, source: str, allowed_labels: list[str] | None = None, allow_duplicates: bool = False
+    frame: pd.DataFrame, *, source: str, allowed_labels: list[str] | None = None, allow_duplicates: bool = False,
+    rules: Rules = CLASSIFICATION,
 ) -> ValidationReport:
     """Check one data file on its own, before it is added: rows, labels, repeats (split "file").
 
@@ -168,13 +201,14 @@ def validate_file(
         source: the file, quoted in messages.
         allowed_labels: the configured label set (data.labels); None accepts any label.
         allow_duplicates: accept repeated (text, label) rows.
+        rules: what the target is (model.task's rules).
     """
     frame = _prepare(frame)
-    labels = sorted(set(frame.loc[frame["has_label"], "label"]))
+    labels = [] if rules.generative else sorted(set(frame.loc[frame["has_label"], "label"]))
     if frame.empty:
         problems = [Problem("empty_dataset", f"{source} has no rows; add rows below the header", "", None)]
     else:
-        problems = _ordered(_frame_problems(frame, "file", labels, allowed_labels, allow_duplicates))
+        problems = _ordered(_frame_problems(frame, "file", labels, allowed_labels, allow_duplicates, rules))
     return _finish(source, frame, frame.iloc[:0], labels, problems)
 
 
@@ -290,9 +324,18 @@ def _class_problems(labels: list[str], champion_labels: list[str] | None) -> lis
 
 
 def _frame_problems(
-    frame: pd.DataFrame, split: str, train_labels: list[str], allowed_labels: list[str] | None, allow_duplicates: bool
+    frame: pd.DataFrame, split: str, train_labels: list[str], allowed_labels: list[str] | None, allow_duplicates: bool,
+    rules: Rules = CLASSIFICATION,
 ) -> list[Problem]:
     """Every check that judges one split on its own."""
+    if rules.generative:
+        return [
+            *_row_problems(frame, split, rules),
+            *_malformed_problems(frame, split),
+            *_value_problems(frame, split, rules),
+            *_target_length_problems(frame, split, rules),
+            *_repeat_problems(frame, split, allow_duplicates, rules),
+        ]
     return [
         *_row_problems(frame, split),
         *_malformed_problems(frame, split),
@@ -302,15 +345,33 @@ def _frame_problems(
     ]
 
 
-def _row_problems(frame: pd.DataFrame, split: str) -> list[Problem]:
+def _target_length_problems(frame: pd.DataFrame, split: str, rules: Rules) -> list[Problem]:
+    """Targets longer than the model may write (generation.max_new_tokens, with the end token)."""
+    if rules.count_tokens is None:
+        return []
+    present = frame[frame["has_label"]]
+    counts = rules.count_tokens(present["label"].astype(str).tolist())
+    target = rules.roles[1]
+    return [
+        Problem("target_too_long", f"row {row} ({split}): {target} is {count + 1} tokens with the end token, over "
+                f"generation.max_new_tokens={rules.max_target_tokens}, so training would cut it off; raise "
+                f"generation.max_new_tokens or shorten the {target}", split, int(row))
+        for row, count in zip(present["row"], counts) if count + 1 > rules.max_target_tokens
+    ]
+
+
+def _row_problems(frame: pd.DataFrame, split: str, rules: Rules = CLASSIFICATION) -> list[Problem]:
     """Undecodable bytes, missing text, missing label, and a missing slice on a held-out row (the
     gate's per-slice checks read it there): one problem per row and check."""
     # a JSON array or object is reported as not_a_string, not also as an empty value
     nested = {field: frame["malformed"].str.contains(f"{field}:(?:array|object)") for field in ("text", "label", "slice")}
+    text, label = rules.roles
     checks = [
         ("undecodable", frame["undecodable"], "bytes that are not UTF-8; re-save the file as UTF-8"),
-        ("missing_text", ~frame["has_text"] & ~nested["text"], "text is empty; fill in the text or remove the row"),
-        ("missing_label", ~frame["has_label"] & ~nested["label"], "label is empty; label the row or remove it"),
+        ("missing_text", ~frame["has_text"] & ~nested["text"], f"{text} is empty; fill in the {text} or remove the row"),
+        ("missing_label", ~frame["has_label"] & ~nested["label"],
+         f"{label} is empty; fill in the {label} or remove the row" if rules.generative else
+         "label is empty; label the row or remove it"),
     ]
     if "slice" in frame and split == "held_out":
         checks.append(("missing_slice", ~_present(frame["slice"]) & ~nested["slice"],
@@ -340,28 +401,34 @@ def _malformed_problems(frame: pd.DataFrame, split: str) -> list[Problem]:
     return problems
 
 
-def _value_problems(frame: pd.DataFrame, split: str) -> list[Problem]:
-    """Control characters, oversized fields, and labels with whitespace around them."""
+def _value_problems(frame: pd.DataFrame, split: str, rules: Rules = CLASSIFICATION) -> list[Problem]:
+    """Control characters, oversized fields, and labels with whitespace around them (a generative
+    task's target is a text, held to the text's rules)."""
     problems = []
-    for field, limit in (("text", MAX_TEXT_CHARS), ("label", MAX_LABEL_CHARS)):
+    label_is_text = rules.generative
+    for field, limit in (("text", MAX_TEXT_CHARS), ("label", MAX_TEXT_CHARS if label_is_text else MAX_LABEL_CHARS)):
         values = frame[field].fillna("").astype(str)
-        pattern = _CONTROL if field == "text" else _LABEL_CONTROL
+        as_text = field == "text" or label_is_text
+        name = rules.roles[0] if field == "text" else rules.roles[1]
+        pattern = _CONTROL if as_text else _LABEL_CONTROL
         flagged = values.str.contains(pattern.pattern)
         if field == "label":  # a blank label is reported as missing, not for the tab in it
             flagged &= frame["has_label"]
         for row, value in zip(frame.loc[flagged, "row"], values[flagged]):
             found = pattern.search(value)
-            allowed = "tab, newline and carriage return are the only ones allowed" if field == "text" else "labels are one line"
+            allowed = "tab, newline and carriage return are the only ones allowed" if as_text else "labels are one line"
             message = (
-                f"row {row} ({split}): {field} holds the control character {found.group()!r} at character "
+                f"row {row} ({split}): {name} holds the control character {found.group()!r} at character "
                 f"{found.start() + 1}; delete it ({allowed})"
             )
             problems.append(Problem("control_characters", message, split, int(row)))
         lengths = values.str.len()
         for row, length in zip(frame.loc[lengths > limit, "row"], lengths[lengths > limit]):
-            message = f"row {row} ({split}): {field} is {length:,} characters, over the limit of {limit:,}; "
-            message += _LONG_FIX[field]
+            message = f"row {row} ({split}): {name} is {length:,} characters, over the limit of {limit:,}; "
+            message += _LONG_FIX["text" if as_text else "label"]
             problems.append(Problem("too_long", message, split, int(row)))
+    if label_is_text:
+        return problems
     labels = frame["label"].fillna("").astype(str)
     padded = frame["has_label"] & labels.ne(labels.str.strip())
     for row, label in zip(frame.loc[padded, "row"], labels[padded]):
@@ -400,9 +467,15 @@ def _label_problems(
     return problems
 
 
-def _repeat_problems(frame: pd.DataFrame, split: str, allow_duplicates: bool) -> list[Problem]:
-    """Same normalized text repeated in a split: a conflict when labels differ, else a duplicate."""
+def _repeat_problems(frame: pd.DataFrame, split: str, allow_duplicates: bool, rules: Rules = CLASSIFICATION) -> list[Problem]:
+    """Same normalized text repeated in a split: a conflict when labels differ, else a duplicate.
+
+    A generative task's repeats are rows with the same input and the same target; one input with
+    several targets is several good answers, not a conflict.
+    """
     rows = frame[frame["has_text"] & frame["has_label"]]
+    if rules.generative:
+        rows = rows.assign(norm=rows["norm"] + "\x00" + normalize_text(rows["label"]))
     repeated = rows[rows.duplicated("norm", keep=False)]
     if repeated.empty:
         return []
@@ -423,22 +496,24 @@ def _repeat_problems(frame: pd.DataFrame, split: str, allow_duplicates: bool) ->
         return problems
     for idx in repeated.index[extra & ~conflicting]:
         row, label, text = repeated.at[idx, "row"], repeated.at[idx, "label"], repeated.at[idx, "text"]
+        text_role, label_role = rules.roles
+        shown = _snippet(label) if rules.generative else repr(label)
         message = (
-            f"row {row} ({split}): duplicate of row {first_row[idx]} (text {_snippet(text)}, label {label!r}); "
+            f"row {row} ({split}): duplicate of row {first_row[idx]} ({text_role} {_snippet(text)}, {label_role} {shown}); "
             "remove the duplicates or set data.allow_duplicates: true"
         )
         problems.append(Problem("duplicate", message, split, int(row)))
     return problems
 
 
-def _overlap_problems(train: pd.DataFrame, held_out: pd.DataFrame) -> list[Problem]:
-    """Held-out texts also in train: the held-out score would reward memorizing them."""
+def _overlap_problems(train: pd.DataFrame, held_out: pd.DataFrame, rules: Rules = CLASSIFICATION) -> list[Problem]:
+    """Held-out inputs also in train: the held-out score would reward memorizing them."""
     train_rows = train[train["has_text"]].drop_duplicates("norm").set_index("norm")["row"]
     shared = held_out[held_out["has_text"] & held_out["norm"].isin(train_rows.index)]
     problems = []
     for row, norm, text in zip(shared["row"], shared["norm"], shared["text"]):
         message = (
-            f"row {row} (held_out): text {_snippet(text)} is also in train row {train_rows[norm]}; "
+            f"row {row} (held_out): {rules.roles[0]} {_snippet(text)} is also in train row {train_rows[norm]}; "
             "remove it from one of the splits"
         )
         problems.append(Problem("overlap", message, "held_out", int(row)))

@@ -18,14 +18,16 @@ app = typer.Typer(help="Versioned datasets (git + DVC).", no_args_is_help=True)
 
 @app.command("add")
 def add(
-    file: Path = typer.Argument(..., help="CSV, TSV or JSONL file with a text and a label column."),
+    file: Path = typer.Argument(..., help="CSV, TSV or JSONL file with the task's two columns (text/label, source/target, prompt/response)."),
     name: str = typer.Option(..., "--name", help="Dataset name; stored as data/<name>.<ext>."),
     config: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Track a data file with DVC, commit it, push it to the remote, and print the revision."""
     path = resolve_config_path(config)
-    version = data.add_dataset(path.parent, file, name, load_config(path).data)
+    cfg = load_config(path)
+    # a target's length in tokens is checked by `data validate`, which has the base model's tokenizer
+    version = data.add_dataset(path.parent, file, name, cfg.data, cycle.validation_rules(cfg, count_tokens=False))
     if as_json:
         show_json(asdict(version))
     else:

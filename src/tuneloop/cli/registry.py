@@ -66,7 +66,7 @@ def status(config: Optional[Path] = CONFIG, as_json: bool = JSON) -> None:
     for row in state["versions"]:
         row["created"] = datetime.fromtimestamp(row["created"] / 1000).strftime("%Y-%m-%d %H:%M")
         row["data_rev"] = (row["data_rev"] or "")[:8]
-    show_table(state["versions"], ["version", "aliases", "gate", "promotion", "accuracy", "macro_f1", "champion_macro_f1",
+    show_table(state["versions"], ["version", "aliases", "gate", "promotion", "method", "metric", "score", "champion_score",
                                    "data_rev", "created", "reasons"], {"reasons": 70})
     if state["history"]:
         typer.echo("\nalias moves:")

@@ -10,6 +10,7 @@ import typer
 from tuneloop import cycle
 from tuneloop.cli.context import CONFIG_HELP, config_for
 from tuneloop.errors import DataError
+from tuneloop.evaluation import EvalReport
 from tuneloop.training import ADAPTER_DIR
 
 SNAPSHOT = typer.Option(Path("outputs/snapshot"), "--snapshot", help="Snapshot folder from `data validate`.")
@@ -25,7 +26,7 @@ def train(
     """Train an adapter on a snapshot (progress is logged); write adapter/, checkpoints/, train.json."""
     result = cycle.train_step(config_for(config), snapshot, out)
     typer.echo(
-        f"trained {out / 'adapter'}: best epoch {result.best_epoch}/{result.epochs_run}, dev accuracy "
+        f"trained {out / 'adapter'}: best epoch {result.best_epoch}/{result.epochs_run}, dev {'token ' if not result.labels else ''}accuracy "
         f"{result.dev_accuracy:.4f}, {result.trainable_params:,} trainable params, {result.wall_seconds:.0f}s"
     )
 
@@ -41,8 +42,11 @@ def evaluate(
     result = cycle.evaluate_step(config_for(config), snapshot, trained / ADAPTER_DIR, out.parent / "evaluate-work")
     out.parent.mkdir(parents=True, exist_ok=True)
     result.save(out)
-    champion = f"; champion v{result.champion_version} {result.champion.macro_f1:.4f}" if result.champion else ""
-    typer.echo(f"candidate macro-F1 {result.candidate.macro_f1:.4f}, accuracy {result.candidate.accuracy:.4f}{champion}")
+    def shown(report: EvalReport) -> str:
+        return ", ".join(f"{name} {value:.4f}" for name, value in report.metrics.items())
+
+    champion = f"; champion v{result.champion_version} {shown(result.champion)}" if result.champion else ""
+    typer.echo(f"candidate {shown(result.candidate)}{champion}")
 
 
 def gate(
