@@ -133,15 +133,28 @@ def tickets_csv(tmp_path) -> Path:
     return synthetic.write_csv(synthetic.generate_tickets(1, 300, seed=0), tmp_path / "tickets.csv")
 
 
-def emotion_rows(split: str) -> list[tuple[str, str]]:
-    """(text, label) rows of ../shared/data/emotion's train, val or test file, read in place, in file order.
-
-    Skips the calling test when the data is not beside the repository.
-    """
-    path = SHARED_DATA / "emotion" / f"{split}.txt"
+def shared_file(*parts: str) -> Path:
+    """A file of ../shared/data, read in place; skips the calling test when the data is not beside the repository."""
+    path = SHARED_DATA.joinpath(*parts)
     if not path.is_file():
-        pytest.skip(f"emotion data not found in {SHARED_DATA}")
+        pytest.skip(f"{'/'.join(parts)} not found in {SHARED_DATA}")
+    return path
+
+
+def emotion_rows(split: str) -> list[tuple[str, str]]:
+    """(text, label) rows of ../shared/data/emotion's train, val or test file, in file order."""
+    path = shared_file("emotion", f"{split}.txt")
     return [tuple(line.rsplit(";", 1)) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def dialogsum_rows(split: str) -> list[tuple[str, str]]:
+    """(dialogue, summary) rows of ../shared/data/dialogsum's dev or test file, in file order (a test
+    row's first of its three reference summaries)."""
+    import json
+
+    path = shared_file("dialogsum", f"dialogsum.{split}.jsonl")
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [(r["dialogue"], r.get("summary") or r["summary1"]) for r in records]
 
 
 def shared_texts(name: str) -> list[str]:
@@ -149,9 +162,7 @@ def shared_texts(name: str) -> list[str]:
 
     Skips the calling test when the data is not beside the repository.
     """
-    files = {"rt-polarity": [SHARED_DATA / "rt-polarity" / f"rt-polarity.{s}" for s in ("pos", "neg")],
-             "emotion": [SHARED_DATA / "emotion" / "train.txt"]}[name]
-    if not all(f.is_file() for f in files):
-        pytest.skip(f"{name} data not found in {SHARED_DATA}")
+    files = {"rt-polarity": [shared_file("rt-polarity", f"rt-polarity.{s}") for s in ("pos", "neg")],
+             "emotion": [shared_file("emotion", "train.txt")]}[name]
     lines = [line for f in files for line in f.read_text(encoding="utf-8").splitlines()]
     return [line.rsplit(";", 1)[0] for line in lines] if name == "emotion" else lines

@@ -38,7 +38,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from tuneloop import evaluation, modeling, registry, traffic
+from tuneloop import evaluation, modeling, registry, tasks, traffic
 from tuneloop.config import RegistryConfig, ServeConfig
 from tuneloop.errors import ConfigError, DataError, RegistryError
 
@@ -71,6 +71,7 @@ def load_version(cfg: RegistryConfig, version: str, base: str, device: str) -> L
         fetched = registry.fetch(cfg, version, Path(scratch.name) / "version")
         try:
             meta = modeling.read_adapter_meta(fetched.adapter_dir)
+            tasks.require_labels(meta.task, "tuneloop serve")
             if meta.labels != fetched.labels:
                 raise RegistryError(f"the adapter's labels {meta.labels} differ from the version's labels tag "
                                     f"{fetched.labels}; re-register the adapter")

@@ -126,6 +126,21 @@ def get(name: str) -> Task:
     return REGISTRY[name]
 
 
+def require_labels(name: str, command: str) -> None:
+    """Refuse a generative task where only labels are handled yet (serving, the traffic log, monitoring).
+
+    Raises:
+        ConfigError: naming the command, the task and what to use instead.
+    """
+    from tuneloop.errors import ConfigError
+
+    if get(name).generative:
+        raise ConfigError(
+            f"{command} handles sequence_classification models (labels), and model.task is {name}: serving, logging "
+            "and monitoring generated text are not built yet; try a version's outputs with `tuneloop predict`"
+        )
+
+
 def end_token(tokenizer: Any) -> int:
     """The id that ends a target: the tokenizer's end-of-sequence token, or its separator (BERT-style)."""
     found = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id

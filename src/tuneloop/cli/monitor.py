@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from tuneloop import registry, traffic
+from tuneloop import registry, tasks, traffic
 from tuneloop.cli.context import CONFIG_HELP, config_for
 from tuneloop.config import Config, duration_seconds
 from tuneloop.errors import ConfigError, Interrupted, TuneloopError
@@ -31,6 +31,7 @@ def monitor(
         raise ConfigError("pass --once for one tick, or --every DURATION (e.g. --every 15m) to keep watching")
     period = _period(every) if every is not None else 0
     cfg = config_for(config)
+    tasks.require_labels(cfg.model.task, "tuneloop monitor")
     if cfg.runtime.mode == "local":
         log_path = log if log is not None else Path(cfg.serve.log)
         traffic.require_log(log_path)

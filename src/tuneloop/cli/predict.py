@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 import typer
 
-from tuneloop import evaluation, modeling, registry, traffic
+from tuneloop import evaluation, generation, modeling, registry, tasks, traffic
 from tuneloop.cli.context import CONFIG_HELP, config_for
 from tuneloop.cli.output import show_json
 from tuneloop.config import Config
@@ -32,10 +32,16 @@ def predict(
     log: Optional[Path] = typer.Option(
         None, "--log", help="Append one traffic-log row per text to this .jsonl file (latency_ms: the batch's mean per row)."),
 ) -> None:
-    """Classify texts with a registered version: label, probability of the label, text."""
+    """Classify texts with a registered version: label, probability of the label, text (or, for a
+    seq2seq or causal_lm version, the output it writes for each source or prompt)."""
     cfg = config_for(config)
     ref = _ref(alias, version)
     rows = _inputs(texts or [], file, cfg.data.text_column)
+    if tasks.get(cfg.model.task).generative:
+        if log is not None:
+            tasks.require_labels(cfg.model.task, "tuneloop predict --log")
+        _write(cfg, ref, rows, as_json)
+        return
     if log is not None:  # before any work: a log that cannot take the rows fails in one line, nothing predicted
         traffic.check_log(log)
         _check_loggable(rows)
@@ -60,6 +66,25 @@ def predict(
     for text, label, score in zip(rows, labels, scores):
         shown = " ".join(text.split())
         typer.echo(f"{label.ljust(width)}  {score:.4f}  {shown if len(shown) <= SHOWN else shown[:SHOWN - 1] + '…'}")
+
+
+def _write(cfg: Config, ref: str, rows: list[str], as_json: bool) -> None:
+    """Print the output a generative version writes for each text (generation settings from the config)."""
+    with tempfile.TemporaryDirectory(prefix="tuneloop-predict-") as scratch:
+        fetched = registry.fetch(cfg.registry, ref, Path(scratch) / "version")
+        device = modeling.pick_device(cfg.runtime.device)
+        try:
+            model, tokenizer, meta = modeling.load_adapter(fetched.adapter_dir, device, base=cfg.model.base)
+        except RegistryError as exc:
+            raise RegistryError(f"version {fetched.version} of {cfg.registry.model_name}: {exc}") from exc
+        outputs = generation.generate(model, tokenizer, meta.task, rows, meta.max_length, cfg.generation, device,
+                                      cfg.train.eval_batch_size)
+    if as_json:
+        show_json([{"text": text, "output": output} for text, output in zip(rows, outputs)])
+        return
+    for text, output in zip(rows, outputs):
+        shown = " ".join(text.split())
+        typer.echo(f"{shown if len(shown) <= SHOWN else shown[:SHOWN - 1] + '…'}\n  -> {output}")
 
 
 def _ref(alias: str | None, version: int | None) -> str:

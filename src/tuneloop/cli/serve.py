@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from tuneloop import modeling, registry, serving
+from tuneloop import modeling, registry, serving, tasks
 from tuneloop.cli.context import CONFIG_HELP, config_for
 from tuneloop.errors import ConfigError, DataError
 
@@ -21,6 +21,7 @@ def serve(
 ) -> None:
     """Serve a registry alias over HTTP (POST /predict), log every request, follow the alias; SIGTERM drains."""
     cfg = config_for(config)
+    tasks.require_labels(cfg.model.task, "tuneloop serve")
     if alias is not None and alias not in (registry.CHAMPION, registry.CHALLENGER):
         raise ConfigError(f"--alias {alias!r} is not an alias; use champion or challenger")
     overrides = {key: value for key, value in (("alias", alias), ("host", host), ("port", port),
