@@ -299,3 +299,25 @@ def test_a_lead_by_chance_is_rejected_and_the_dossier_says_why(tmp_path):
 def test_a_clearly_better_candidate_is_promoted_in_the_dossier(tmp_path):
     html, _ = dossier.write(tmp_path, _gated(270, 110, 10, 10))  # 0.95 vs 0.70 on 400 rows
     assert "PROMOTED" in section(html.read_text(), "verdict")
+
+
+def test_a_generative_dossier_shows_outputs_where_the_candidate_lost_most(tmp_path):
+    from tuneloop import evaluation
+    from tuneloop.config import GateConfig
+    from tuneloop.gate import decide
+
+    def scored(outputs: list[str], rouge: list[float]):
+        return evaluation.score_texts("seq2seq", ["ref a", "ref b", "ref c"], outputs,
+                                      {"rouge1": rouge, "rouge2": rouge, "rougeL": rouge})
+
+    candidate, champion = scored(["x", "y", "z"], [0.5, 0.1, 0.9]), scored(["p", "q", "r"], [0.5, 0.6, 0.2])
+    evidence = {"model": "m", "candidate_version": None, "champion_version": "1", "run": "r", "created": "now",
+                "decision": decide(candidate, champion, GateConfig(min_rows=1)).to_dict(), "candidate": candidate.to_dict(),
+                "champion": champion.to_dict(), "texts": ["in a", "in b", "in c"], "data_diff": None, "config_diff": []}
+    parts = dossier.sections(evidence)
+    assert [p.key for p in parts] == ["verdict", "metrics", "outputs", "data", "config"]
+    outputs = table(parts, "outputs")
+    assert outputs.rows == [["in b", "ref b", "q", "y", "0.6000", "0.1000"], ["in a", "ref a", "p", "x", "0.5000", "0.5000"],
+                            ["in c", "ref c", "r", "z", "0.2000", "0.9000"]]  # the largest loss first
+    html, _ = dossier.write(tmp_path, evidence)
+    assert "Largest ROUGE-L losses against the champion" in html.read_text()

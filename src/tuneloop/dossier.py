@@ -154,9 +154,12 @@ def sections(evidence: dict) -> list[Section]:
     per_class_f1, truth, predictions, rows); texts; data_diff; config_diff. Other keys are ignored.
     """
     decision, candidate, champion = evidence["decision"], evidence["candidate"], evidence.get("champion")
-    parts = [_header(evidence), _metrics(decision, candidate, champion), _matrices(candidate, champion),
-             _per_class(candidate, champion)]
-    if champion is not None:
+    if candidate.get("row_values"):  # a generative task: outputs, not classes
+        parts = [_header(evidence), _metrics(decision, candidate, champion), _outputs(evidence.get("texts"), candidate, champion)]
+    else:
+        parts = [_header(evidence), _metrics(decision, candidate, champion), _matrices(candidate, champion),
+                 _per_class(candidate, champion)]
+    if champion is not None and not candidate.get("row_values"):
         parts.insert(2, _mcnemar(decision.get("mcnemar")))
         parts.extend(_flip_sections(evidence.get("texts"), candidate, champion))
     if decision.get("slices"):
@@ -263,6 +266,27 @@ def _flip_sections(texts: list[str] | None, candidate: dict, champion: dict) -> 
         table = Table(["text", "truth", "champion", "candidate"], found[:MAX_FLIPS])
         parts.append(Section(key, f"{title} ({shown})", [("table", table)] if found else [("p", "None.")]))
     return parts
+
+
+def _outputs(texts: list[str] | None, candidate: dict, champion: dict | None) -> Section:
+    """A generative task's rows: the input, the reference and each model's output with its ROUGE-L,
+    the rows where the candidate lost most to the champion first (or its weakest rows, alone)."""
+    if texts is None or len(texts) != len(candidate.get("truth", [])):
+        return Section("outputs", "Outputs", [("p", "Row-level outputs were not recorded.")])
+    ours = candidate["row_values"]["rougeL"]
+    if champion is None:
+        order = sorted(range(len(texts)), key=lambda i: ours[i])[:MAX_FLIPS]
+        rows = [[_clip(texts[i]), _clip(candidate["truth"][i]), _clip(candidate["predictions"][i]), _score(ours[i])]
+                for i in order]
+        table = Table(["input", "reference", "candidate", "ROUGE-L"], rows)
+        return Section("outputs", f"Weakest outputs (the {len(rows)} lowest ROUGE-L of {len(texts)} rows)", [("table", table)])
+    theirs = champion["row_values"]["rougeL"]
+    order = sorted(range(len(texts)), key=lambda i: ours[i] - theirs[i])[:MAX_FLIPS]
+    rows = [[_clip(texts[i]), _clip(candidate["truth"][i]), _clip(champion["predictions"][i]), _clip(candidate["predictions"][i]),
+             _score(theirs[i]), _score(ours[i])] for i in order]
+    table = Table(["input", "reference", "champion", "candidate", "champion ROUGE-L", "candidate ROUGE-L"], rows)
+    return Section("outputs", f"Largest ROUGE-L losses against the champion (first {len(rows)} of {len(texts)} rows)",
+                   [("table", table)])
 
 
 def _aligned_rows(texts: list[str] | None, candidate: dict, champion: dict) -> list[tuple] | None:

@@ -133,7 +133,7 @@ def _cleared(candidate: EvalReport, cfg: GateConfig) -> str:
     """The floor checks a candidate cleared, with its numbers."""
     if tasks.get(candidate.task).generative:
         scores = ", ".join(f"{m} {candidate.metrics[m]:.4f}" for m in cfg.metrics)
-        return f"{scores}; {candidate.task} has no floors" + (", and its outputs vary" if cfg.reject_degenerate else "")
+        return f"{scores}; {candidate.task} has no floors" + ("; its outputs vary" if cfg.reject_degenerate else "")
     text = (f"accuracy {candidate.accuracy:.4f} >= gate.min_accuracy={cfg.min_accuracy}, "
             f"macro-F1 {candidate.macro_f1:.4f} >= gate.min_macro_f1={cfg.min_macro_f1}")
     if cfg.reject_degenerate:
@@ -247,7 +247,8 @@ def _without_comparison(
     if manual:
         verdict = f"{why}; gate.first_run=require_manual: it clears the floors ({_cleared(candidate, cfg)}), {MANUAL}"
     else:
-        verdict = f"{why}: passes on the floors alone ({_cleared(candidate, cfg)})"
+        alone = "passes" if tasks.get(candidate.task).generative else "passes on the floors alone"
+        verdict = f"{why}: {alone} ({_cleared(candidate, cfg)})"
     return GateDecision(
         passed=not failures, reasons=failures or [verdict], metric=cfg.metric, candidate=value,
         champion=baseline, manual=manual, policy=policy, stats=_uncompared(candidate, champion, cfg),

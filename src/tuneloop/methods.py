@@ -201,6 +201,7 @@ class Method:
         cuda_only_bits: storage it trains on with CUDA only; `why_cuda` says what fails on a CPU.
         needs_cache: whether the base's forward must take past_key_values (prefix tuning).
         after_build: what to run on the freshly built peft model (LoftQ's initialization).
+        unmergeable: why its weights cannot be merged into the base for serving; empty when they can.
     """
 
     section: type[Strict]
@@ -213,6 +214,12 @@ class Method:
     why_cuda: str = ""
     needs_cache: bool = False
     after_build: Callable[[Any, Path], Any] | None = None
+    unmergeable: str = ""
+
+    @property
+    def mergeable(self) -> bool:
+        """Whether `modeling.merge_adapter` can fold the trained weights into the base's."""
+        return not self.unmergeable
 
     @property
     def name(self) -> str:
@@ -305,6 +312,7 @@ def _p_tuning(section: PtuningMethod, task_type: str, run: dict) -> Any:
 ANY_BITS = frozenset({0, 4, 8})
 LORA_LAYERS = frozenset({"Linear", "Conv1D", "Conv1d", "Conv2d", "Conv3d", "Embedding", "MultiheadAttention"})
 LYCORIS_LAYERS = frozenset({"Linear", "Conv1d", "Conv2d"})
+_VIRTUAL = "it adds virtual tokens, which no base weight can absorb; serve it as an adapter"
 _LYCORIS_4BIT = "peft's LoHa/LoKr layers build their update from the base weight's shape, which 4-bit storage packs"
 REGISTRY: dict[str, Method] = {m.name: m for m in (
     Method(LoraMethod, 1e-3, ANY_BITS, "", LORA_LAYERS, _lora({})),
@@ -313,14 +321,16 @@ REGISTRY: dict[str, Method] = {m.name: m for m in (
     Method(RsloraMethod, 1e-3, ANY_BITS, "", LORA_LAYERS, _lora({"use_rslora": True})),
     Method(LoftqMethod, 1e-3, frozenset({4}),
            "LoftQ starts LoRA from the 4-bit base's quantization error, so it needs quantization.bits 4",
-           LORA_LAYERS, _lora({}), after_build=_loftq_init),
+           LORA_LAYERS, _lora({}), after_build=_loftq_init,
+           unmergeable="its LoRA pairs start from the 4-bit base's quantization error, so on the full-precision "
+                       "weights they would correct an error that is not there; serve it as an adapter on its 4-bit base"),
     Method(LohaMethod, 1e-3, frozenset({0, 8}), _LYCORIS_4BIT, LYCORIS_LAYERS, _lycoris("LoHaConfig")),
     Method(LokrMethod, 1e-3, frozenset({0, 8}), _LYCORIS_4BIT, LYCORIS_LAYERS, _lycoris("LoKrConfig")),
     Method(AdaloraMethod, 1e-3, ANY_BITS, "", frozenset({"Linear", "Conv1D"}), _adalora),
     Method(IA3Method, 3e-3, ANY_BITS, "", frozenset({"Linear", "Conv1D", "Conv2d", "Conv3d"}), _ia3),
-    Method(PromptTuningMethod, 3e-2, ANY_BITS, "", frozenset(), _prompt_tuning),
-    Method(PrefixTuningMethod, 1e-2, ANY_BITS, "", frozenset(), _prefix_tuning, needs_cache=True),
-    Method(PtuningMethod, 1e-3, ANY_BITS, "", frozenset(), _p_tuning),
+    Method(PromptTuningMethod, 3e-2, ANY_BITS, "", frozenset(), _prompt_tuning, unmergeable=_VIRTUAL),
+    Method(PrefixTuningMethod, 1e-2, ANY_BITS, "", frozenset(), _prefix_tuning, needs_cache=True, unmergeable=_VIRTUAL),
+    Method(PtuningMethod, 1e-3, ANY_BITS, "", frozenset(), _p_tuning, unmergeable=_VIRTUAL),
     Method(FullMethod, 2e-5, frozenset({0}),
            "full fine-tuning updates every base weight, and quantized weights take no gradients", frozenset(), None),
 )}

@@ -12,7 +12,8 @@ import inspect
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass
+import shutil
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -440,3 +441,52 @@ def load_adapter(folder: Path, device: str, base: str | None = None) -> tuple[An
         model = PeftModel.from_pretrained(model, str(folder), is_trainable=False)
     model.eval()
     return model, load_tokenizer(base_dir), meta
+
+
+def merge_adapter(folder: Path, out: Path, device: str, base: str | None = None) -> Path:
+    """Write an adapter folded into its base as one standalone model folder (safetensors, config,
+    tokenizer, metadata); return `out`.
+
+    The base is always loaded unquantized: an adapter trained on a 4- or 8-bit base is merged into
+    the full-precision weights (merging into packed 4-bit weights would quantize the update away).
+    The folder is written beside `out` and renamed into place, so a failure leaves nothing behind.
+    It loads like a fully fine-tuned model (`load_adapter`), its metadata naming the method merged.
+
+    Args:
+        folder: the adapter folder.
+        out: a new (or empty) folder.
+        device: torch device string.
+        base: model.base as the config gives it; None uses the base the adapter names.
+
+    Raises:
+        ConfigError: when the method's weights cannot be merged (prompt learning, LoftQ), or `out` holds files.
+        RegistryError: when the adapter folder is refused or does not fit the base.
+    """
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"{out} is not empty; merge into a new folder")
+    check_adapter_files(folder)
+    meta = read_adapter_meta(folder)
+    entry = methods.get(meta.method["name"])
+    if not entry.mergeable:
+        raise ConfigError(f"method {entry.name} cannot be merged: {entry.unmergeable}")
+    base_dir = check_contract(folder, meta, base)
+    full_precision = QuantizationConfig()
+    if entry.full:
+        model = load_model(folder, meta.task, meta.labels, full_precision, device)
+    else:
+        from peft import PeftModel
+
+        adapted = PeftModel.from_pretrained(load_model(base_dir, meta.task, meta.labels, full_precision, device), str(folder))
+        model = adapted.merge_and_unload()
+    merged = replace(meta, method={"name": "full", "merged": meta.method.get("merged", entry.name)},
+                     quantization=full_precision.model_dump())
+    partial = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        save_adapter(model, partial, merged)
+        load_tokenizer(base_dir).save_pretrained(str(partial))
+        os.replace(partial, out)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    log.info("merged %s adapter %s into %s -> %s", entry.name, folder, meta.base_model, out)
+    return out

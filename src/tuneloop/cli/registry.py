@@ -187,6 +187,25 @@ def show(version: str = typer.Argument(..., help="Version number, or champion / 
     typer.echo(f"dossier: {found['dossier'] or '- (registered before dossiers existed)'}")
 
 
+@app.command("export")
+def export(version: str = typer.Argument(..., help="Version number, or champion / challenger."),
+           out: Path = typer.Option(..., "--out", help="New folder for the merged model."),
+           config: Optional[Path] = CONFIG) -> None:
+    """Write a version as one standalone model: its adapter merged into the unquantized base (safetensors)."""
+    import tempfile
+
+    from tuneloop import modeling
+
+    cfg = config_for(config)
+    with tempfile.TemporaryDirectory(prefix="tuneloop-export-") as scratch:
+        fetched = registry.fetch(cfg.registry, version, Path(scratch) / "version")
+        try:
+            modeling.merge_adapter(fetched.adapter_dir, out, modeling.pick_device(cfg.runtime.device), base=cfg.model.base)
+        except RegistryError as exc:
+            raise RegistryError(f"version {fetched.version} of {cfg.registry.model_name}: {exc}") from exc
+    typer.echo(f"version {fetched.version} merged into its base -> {out}")
+
+
 def efficiency(metrics: dict[str, float]) -> str:
     """A run's cost figures on one line; '-' for the figures a run registered before they existed lacks."""
     def shown(key: str, form: str) -> str:
