@@ -222,3 +222,29 @@ def test_generated_outputs_are_scored_against_the_references(tmp_path):
     assert report.predictions == words  # it learned the copy
     assert report.metrics == {"rougeL": 1.0, "rouge1": 1.0, "rouge2": 0.0}  # one word: no bigram to share
     assert report.row_values["rougeL"] == [1.0] * 6 and result.labels == []
+
+
+def test_a_causal_lm_answers_its_prompts_and_its_perplexity_is_measured_on_the_responses(tmp_path):
+    """A fully fine-tuned tiny LLaMA that learned to answer one word: its outputs, ROUGE and perplexity agree."""
+    import torch
+
+    from tests.conftest import save_tiny_llama
+    from tuneloop import training
+
+    base = save_tiny_llama(tmp_path / "llama", hidden=64)
+    words = ["printer", "invoice", "login", "refund", "network", "screen"]
+    rows = [(f"which word? {w}", w) for w in words] * 20
+    cfg = parse_config({"model": {"base": str(base), "task": "causal_lm", "max_length": 16},
+                        "generation": {"max_new_tokens": 4}, "method": {"name": "full"},
+                        "train": {"epochs": 20, "batch_size": 12, "learning_rate": 3e-3, "patience": 0, "dev_fraction": 0.05},
+                        "runtime": {"device": "cpu"}})
+    torch.manual_seed(0)
+    training.train(pd.DataFrame(rows, columns=["text", "label"]), cfg, tmp_path / "out")
+    held_out = pd.DataFrame([(f"which word? {w}", w) for w in words], columns=["text", "label"])
+    report = evaluation.evaluate(tmp_path / "out" / "adapter", held_out, "cpu", 4, cfg.generation)
+    assert report.predictions == words
+    tokenizer = modeling.load_tokenizer(base)
+    counts = [len(tokenizer(w, add_special_tokens=False)["input_ids"]) + 1 for w in words]  # the word and the end token
+    assert report.row_values["tokens"] == [float(n) for n in counts]
+    assert report.metrics["perplexity"] == pytest.approx(math.exp(sum(report.row_values["nll"]) / sum(counts)))
+    assert report.metrics["perplexity"] < 1.5 and report.metrics["rougeL"] == 1.0
