@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from tests.conftest import save_tiny_bert, save_tiny_llama
+from tests.test_registry import candidate, migrated_store  # noqa: F401 (fixture)
 from tuneloop import methods, modeling, preflight, synthetic, tasks, tokenization
 from tuneloop.config import parse_config
 from tuneloop.errors import ConfigError
@@ -112,3 +113,32 @@ def test_merging_into_a_folder_that_holds_files_is_refused(bert, tmp_path):
 def test_every_method_says_whether_it_merges():
     assert sorted(name for name, m in methods.REGISTRY.items() if m.mergeable) == [
         "adalora", "dora", "full", "ia3", "loha", "lokr", "lora", "rslora"]
+
+
+def test_registry_export_writes_a_version_merged_and_refuses_to_overwrite(bert, tmp_path, migrated_store):  # noqa: F811
+    import shutil
+    import subprocess
+
+    from tuneloop import registry
+    from tuneloop.config import load_config
+
+    shutil.copyfile(migrated_store, tmp_path / "mlflow.db")
+    path = tmp_path / "tuneloop.yaml"
+    path.write_text(f"model:\n  base: {bert}\n  max_length: 32\nregistry:\n  tracking_uri: sqlite:///{tmp_path}/mlflow.db\n"
+                    f"  artifact_root: {tmp_path}/art\n  model_name: merged-test\n")
+    cfg = load_config(path).registry
+    adapter = trained(bert, tmp_path / "adapter", "lora")
+    registry.register(cfg, candidate(adapter), "run")
+    registry.promote(cfg, "1", None, why="first", by="test")
+
+    def export() -> subprocess.CompletedProcess:
+        return subprocess.run([shutil.which("tuneloop"), "registry", "export", "champion", "--out", str(tmp_path / "merged"),
+                               "--config", str(path)], capture_output=True, text=True, timeout=300)
+
+    done = export()
+    assert (done.returncode, done.stdout) == (0, f"version 1 merged into its base -> {tmp_path / 'merged'}\n"), done.stderr
+    batch = inputs(bert)
+    assert torch.allclose(logits(tmp_path / "merged", batch), logits(adapter, batch), atol=1e-5)
+    again = export()
+    assert (again.returncode, again.stderr.strip()) == (1, f"error: ConfigError: {tmp_path / 'merged'} is not empty; "
+                                                           "merge into a new folder")
