@@ -42,6 +42,8 @@ class TrainResult:
 
     Throughputs count every process together, over the time spent in optimizer steps (not the
     dev evaluation and checkpoint after each epoch); wall_seconds is the whole run, model load included.
+    `dev_accuracy` is the share of dev rows labelled right for a classifier, and of target tokens
+    predicted right (teacher-forced) for a generative task, whose `labels` is empty.
     """
 
     adapter_dir: str
@@ -254,7 +256,8 @@ def _accelerator(cfg: Config) -> Any:
 
 
 def train(frame: pd.DataFrame, cfg: Config, out_dir: Path) -> TrainResult:
-    """Train on the rows of `frame` (columns text, label); write the best epoch to out_dir/adapter and
+    """Train on the rows of `frame` (columns text and label: the input and the target, whatever the
+    task calls them); write the best epoch to out_dir/adapter and
     the report to out_dir/train.json.
 
     Args:
