@@ -21,5 +21,5 @@ def evaluate_candidate(config: str, snapshot: Input[Dataset], trained: Input[Mod
         config_from_json(config), Path(snapshot.path), Path(trained.path) / ADAPTER_DIR, Path(scores.path + ".work")
     )
     result.save(Path(scores.path))
-    scores.metadata.update(accuracy=result.candidate.accuracy, macro_f1=result.candidate.macro_f1)
+    scores.metadata.update(result.candidate.metrics)
     return result.champion_version or ""

@@ -52,9 +52,13 @@ def test_a_seq2seq_row_is_a_source_for_the_encoder_and_a_target_for_the_decoder(
     batch = tasks.collate(tasks.get("seq2seq"), tokenizer, ["hello world"], ["good day"], 32, 8)
     assert sorted(batch) == ["attention_mask", "input_ids", "labels"]  # no token types: T5 takes none
     assert batch["input_ids"].tolist() == [ids(tokenizer, "[CLS]", "hello", "world", "[SEP]")]
-    assert batch["labels"].tolist() == [ids(tokenizer, "good", "day", "[SEP]")]
+    # the target as the tokenizer builds one (BERT's [CLS] ... [SEP]; BART's <s> ... </s>; T5's ... </s>)
+    assert batch["labels"].tolist() == [ids(tokenizer, "[CLS]", "good", "day", "[SEP]")]
     padded = tasks.collate(tasks.get("seq2seq"), tokenizer, ["a", "b"], ["good day", "yes"], 32, 8)["labels"]
-    assert padded.tolist() == [ids(tokenizer, "good", "day", "[SEP]"), ids(tokenizer, "yes", "[SEP]") + [-100]]
+    assert padded.tolist() == [ids(tokenizer, "[CLS]", "good", "day", "[SEP]"), ids(tokenizer, "[CLS]", "yes", "[SEP]") + [-100]]
+    cut = tasks.collate(tasks.get("seq2seq"), tokenizer, ["a"], ["good day to you"], 32, 3)["labels"]
+    assert cut.tolist() == [ids(tokenizer, "[CLS]", "good", "[SEP]")]  # cut at max_new_tokens, still ended
+    assert tasks.target_lengths(tasks.get("seq2seq"), tokenizer, ["good day to you"]) == [6]
 
 
 # --- scores ---------------------------------------------------------------------------------------
@@ -149,7 +153,7 @@ def frame(rows: list[tuple[str, str]], start: int = 1) -> pd.DataFrame:
                          "row": range(start, start + len(rows)), "undecodable": False, "malformed": ""})
 
 
-SEQ2SEQ = validation.Rules(generative=True, roles=("source", "target"), count_tokens=lambda texts: [len(t.split()) for t in texts],
+SEQ2SEQ = validation.Rules(generative=True, roles=("source", "target"), count_tokens=lambda texts: [len(t.split()) + 1 for t in texts],
                            max_target_tokens=4)
 
 
@@ -209,10 +213,10 @@ def test_generated_outputs_are_scored_against_the_references(tmp_path):
     from tuneloop import training
 
     base = save_tiny_t5(tmp_path / "t5", hidden=64)
-    words = ["printer", "invoice", "login", "refund", "network", "screen"]
+    words = ["printer", "account", "password", "payment", "network", "screen"]  # one token each
     rows = [(f"copy {w}", w) for w in words] * 20
     cfg = parse_config({"model": {"base": str(base), "task": "seq2seq", "max_length": 16},
-                        "generation": {"max_new_tokens": 4}, "method": {"name": "full"},
+                        "generation": {"max_new_tokens": 6}, "method": {"name": "full"},
                         "train": {"epochs": 8, "batch_size": 12, "learning_rate": 3e-3, "patience": 0, "dev_fraction": 0.05},
                         "runtime": {"device": "cpu"}})
     torch.manual_seed(0)
@@ -248,3 +252,20 @@ def test_a_causal_lm_answers_its_prompts_and_its_perplexity_is_measured_on_the_r
     assert report.row_values["tokens"] == [float(n) for n in counts]
     assert report.metrics["perplexity"] == pytest.approx(math.exp(sum(report.row_values["nll"]) / sum(counts)))
     assert report.metrics["perplexity"] < 1.5 and report.metrics["rougeL"] == 1.0
+
+
+def test_a_champion_of_another_task_resets_the_baseline_and_the_dossier_compares_nothing(tmp_path):
+    from tuneloop import dossier
+
+    candidate = causal_report(2.0, 0.4)
+    champion = EvalReport(rows=0, task="sequence_classification")  # what evaluate_step records for it
+    decision = decide(candidate, champion, GateConfig())
+    assert (decision.passed, decision.policy, decision.champion) == (True, "reset_baseline", None)
+    assert decision.reasons == [
+        "the champion is a sequence_classification model and the candidate a causal_lm one: the scores do not compare, "
+        "so this run resets the baseline: passes (perplexity 7.3891, rougeL 0.4000; causal_lm has no floors; its "
+        "outputs vary)"]
+    evidence = {"model": "m", "candidate_version": None, "champion_version": "1", "run": "r", "created": "now",
+                "decision": decision.to_dict(), "candidate": candidate.to_dict(), "champion": champion.to_dict(),
+                "texts": [f"prompt {i}" for i in range(candidate.rows)], "data_diff": None, "config_diff": []}
+    assert [p.key for p in dossier.sections(evidence)] == ["verdict", "metrics", "outputs", "data", "config"]

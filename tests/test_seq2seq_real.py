@@ -32,7 +32,7 @@ model:
   task: seq2seq
   max_length: 128              # a dialogue's first 128 tokens (median 184)
 generation:
-  max_new_tokens: 100          # the longest reference summary is 99 tokens and its end token
+  max_new_tokens: 104          # the longest reference summary is 101 tokens with [CLS] and [SEP]
   no_repeat_ngram_size: 3      # a small model greedily repeats "# person1 #" to the end otherwise
 train:
   epochs: {epochs}

@@ -98,7 +98,7 @@ def validation_rules(cfg: Config, count_tokens: bool = True) -> validation.Rules
         tokenizer = load_tokenizer(resolve_base(cfg.model.base))
 
         def counter(texts: list[str]) -> list[int]:
-            return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
+            return tasks.target_lengths(task, tokenizer, texts)
     return validation.Rules(generative=True, roles=task.roles, count_tokens=counter,
                             max_target_tokens=cfg.generation.max_new_tokens)
 
@@ -106,7 +106,8 @@ def validation_rules(cfg: Config, count_tokens: bool = True) -> validation.Rules
 def validate_step(cfg: Config, rev: str, out_dir: Path) -> data.Snapshot:
     """Check the registry store, read the data at `rev`, validate it against the champion, freeze it."""
     registry.check_store(cfg.registry)
-    return data.prepare(cfg.data, rev, out_dir, registry.champion_labels(cfg.registry), rules=validation_rules(cfg))
+    return data.prepare(cfg.data, rev, out_dir, registry.champion_labels(cfg.registry, cfg.model.task),
+                        rules=validation_rules(cfg))
 
 
 def train_step(cfg: Config, snapshot_dir: Path, out_dir: Path) -> training.TrainResult:
@@ -128,7 +129,14 @@ def evaluate_step(cfg: Config, snapshot_dir: Path, adapter_dir: Path, work_dir: 
     champion = registry.fetch_champion(cfg.registry, work_dir / "champion")
     if champion is None:
         return Evaluation(candidate, None, None)
-    champion_report = evaluation.evaluate(champion.adapter_dir, held_out, device, cfg.train.eval_batch_size, cfg.generation)
+    served = read_adapter_meta(champion.adapter_dir).task
+    if served != candidate.task:  # its scores would not compare: the gate resets the baseline
+        log.warning("the champion (version %s) is a %s model and the candidate a %s one: the champion is not scored",
+                    champion.version, served, candidate.task)
+        champion_report = EvalReport(rows=0, task=served)
+    else:
+        champion_report = evaluation.evaluate(champion.adapter_dir, held_out, device, cfg.train.eval_batch_size,
+                                              cfg.generation)
     origin = {"data_repo": champion.record.data_repo, "data_rev": champion.record.data_rev,
               "data_path": champion.record.data_path, "params": champion.params}
     return Evaluation(candidate, champion_report, champion.version, origin)
@@ -156,7 +164,7 @@ def _old_rows(cfg: Config, origin: dict | None) -> tuple[pd.DataFrame | None, st
 
 
 def _params(cfg: Config) -> dict[str, object]:
-    params = {f"{section}.{key}": value for section in ("model", "method", "quantization", "train", "gate")
+    params = {f"{section}.{key}": value for section in ("model", "method", "quantization", "generation", "train", "gate")
               for key, value in getattr(cfg, section).model_dump(mode="json").items()}
     return {**params, "train.learning_rate": cfg.learning_rate()}  # the rate used, also when the method's default
 
@@ -201,6 +209,8 @@ def training_digest(cfg: Config, base_sha256: str, method: dict) -> str:
     train = {**cfg.train.model_dump(mode="json"), "learning_rate": cfg.learning_rate()}
     sections = {"model": model, "base_sha256": base_sha256, "method": method, "train": train,
                 "quantization": cfg.quantization.model_dump(mode="json")}
+    if tasks.get(cfg.model.task).generative:  # max_new_tokens cuts the targets training sees
+        sections["generation"] = cfg.generation.model_dump(mode="json")
     return hashlib.sha256(json.dumps(sections, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 

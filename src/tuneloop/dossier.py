@@ -154,6 +154,8 @@ def sections(evidence: dict) -> list[Section]:
     per_class_f1, truth, predictions, rows); texts; data_diff; config_diff. Other keys are ignored.
     """
     decision, candidate, champion = evidence["decision"], evidence["candidate"], evidence.get("champion")
+    if champion is not None and champion.get("task") != candidate.get("task"):  # another task: nothing compares
+        champion = None
     if candidate.get("row_values"):  # a generative task: outputs, not classes
         parts = [_header(evidence), _metrics(decision, candidate, champion), _outputs(evidence.get("texts"), candidate, champion)]
     else:

@@ -214,14 +214,14 @@ def _slices(found: dict, cfg: GateConfig, candidate: EvalReport) -> tuple[list[d
                         "delta_points": scores[worst]["delta_points"], "ci_high_points": scores[worst]["ci_high_points"],
                         "metrics": scores})
         line = f"slice {name!r} ({rows} rows): " + ", ".join(
-            f"{m} {s['candidate']:.4f} vs {s['champion']:.4f} ({s['delta_points']:+.2f} points, "
+            f"{m} {s['candidate']:.4f} vs {s['champion']:.4f} ({s['delta_points']:+.2f}{_unit(candidate, m)}, "
             f"95% CI [{s['ci_low_points']:+.2f}, {s['ci_high_points']:+.2f}])" for m, s in scores.items())
         if not gated:
             line += f"; fewer than gate.min_slice_rows={cfg.min_slice_rows} rows: reported, not gated"
         elif ok:
-            line += f"; no drop past gate.margin={cfg.margin} points shown"
+            line += f"; no drop past gate.margin={cfg.margin}{_unit(candidate, worst)} shown"
         else:
-            line += (f"; {worst} shown to drop past gate.margin={cfg.margin} points "
+            line += (f"; {worst} shown to drop past gate.margin={cfg.margin}{_unit(candidate, worst)} "
                      f"(upper bound {scores[worst]['ci_high_points']:+.2f})")
             failures.append(line)
         reasons.append(line)

@@ -19,6 +19,11 @@ def _inputs(task: tasks.Task, tokenizer: Any, texts: list[str], max_length: int,
     """Encoder inputs (seq2seq), or left-padded prompts that leave room for max_new_tokens (causal_lm)."""
     if task.name == "seq2seq":
         return tasks.encode(tokenizer, texts, max_length)
+    if max_length - max_new_tokens < 1:
+        from tuneloop.errors import ConfigError
+
+        raise ConfigError(f"generation.max_new_tokens {max_new_tokens} leaves no room for a prompt in the "
+                          f"{max_length} tokens this model was trained with; lower generation.max_new_tokens")
     rows = [ids for ids, _ in tasks.causal_rows(tokenizer, texts, None, max_length - max_new_tokens, max_new_tokens)]
     pad = tasks.pad_token(tokenizer)
     return {"input_ids": tasks.pad_rows(rows, pad, left=True), "attention_mask": tasks.pad_rows([[1] * len(r) for r in rows], 0, left=True)}

@@ -134,6 +134,9 @@ def inspect_base(base: str, task: str = "sequence_classification") -> BaseFacts:
             f"that kind, or the task its architecture fits"
         ) from exc
     _check_weights(base, folder, model)
+    if entry.generative and tokenizer.eos_token_id is None and tokenizer.sep_token_id is None:
+        raise ConfigError(f"model.base {base!r}: its tokenizer has no end-of-sequence (or separator) token, so a "
+                          f"{task} target could not end; pick a base whose tokenizer defines eos_token")
     vocab = getattr(config, "vocab_size", None)
     if vocab is not None and len(tokenizer) > vocab:
         raise TrainingError(

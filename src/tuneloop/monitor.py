@@ -30,7 +30,7 @@ from typing import Any, Iterator
 
 import pandas as pd
 
-from tuneloop import data, drift, evaluation, feedback, gitrepo, modeling, policy, registry, tables, traffic
+from tuneloop import data, drift, evaluation, feedback, gitrepo, modeling, policy, registry, tables, tasks, traffic
 from tuneloop.config import Config
 from tuneloop.errors import ConfigError, DataError, RegistryConflict, RegistryError, TuneloopError
 
@@ -200,6 +200,7 @@ def measure(cfg: Config, log_path: Path, work_dir: Path, now: datetime | None = 
         RegistryError: no champion, or the registry is unreachable.
         DataError: the log is missing, or the champion's data cannot be read again.
     """
+    tasks.require_labels(cfg.model.task, "tuneloop monitor")
     now = now or datetime.now(timezone.utc)
     champion_number = registry.alias_of(cfg.registry, registry.CHAMPION)
     if champion_number is None:

@@ -298,14 +298,18 @@ def alias_of(cfg: RegistryConfig, alias: str) -> str | None:
     return str(version.version) if version else None
 
 
-def champion_labels(cfg: RegistryConfig) -> list[str] | None:
-    """Return the serving version's label set, or None when nothing serves (reads only)."""
+def champion_labels(cfg: RegistryConfig, task: str | None = None) -> list[str] | None:
+    """Return the serving version's label set, or None when nothing serves, or it serves another
+    task than `task` (then no label set carries over; reads only)."""
     client = _reader(cfg)
     if client is None:
         return None
     with _translated(cfg):
         version = _alias_version(client, cfg.model_name, CHAMPION)
-    return _record(version).labels if version else None
+    if version is None:
+        return None
+    record = _record(version)
+    return record.labels if task is None or record.task == task else None
 
 
 def _resolve(client: Any, cfg: RegistryConfig, ref: str) -> Any:

@@ -6,8 +6,9 @@ metrics a held-out set is scored on, each with its direction. The config, traini
 the gate and the registry read this table; nothing else spells a task name.
 
 Generative rows are tokenized as the model will see them at prediction time:
-- seq2seq: the source is the encoder's input (cut at model.max_length); the target, ended by the
-  tokenizer's end token and cut at generation.max_new_tokens, is the decoder's labels.
+- seq2seq: the source is the encoder's input (cut at model.max_length); the target, tokenized as
+  the tokenizer builds targets (its own start and end tokens) and cut at
+  generation.max_new_tokens, is the decoder's labels.
 - causal_lm: prompt tokens, then response tokens and the end token in one sequence; the loss is
   masked to the response (prompt and padding positions are -100). The response keeps up to
   generation.max_new_tokens tokens and the prompt is cut from the left to fit model.max_length, so
@@ -94,7 +95,15 @@ class Task:
     archs: str
 
     def metric(self, name: str) -> Metric:
-        return next(m for m in self.metrics if m.name == name)
+        """The metric of that name.
+
+        Raises:
+            KeyError: naming the task's metrics.
+        """
+        found = [m for m in self.metrics if m.name == name]
+        if not found:
+            raise KeyError(f"{name!r} is not a metric of {self.name} ({', '.join(self.metric_names)})")
+        return found[0]
 
     @property
     def metric_names(self) -> tuple[str, ...]:
@@ -122,7 +131,15 @@ NAMES = tuple(REGISTRY)
 
 
 def get(name: str) -> Task:
-    """The registry entry of a task name (the config admits only NAMES)."""
+    """The registry entry of a task name (the config admits only NAMES).
+
+    Raises:
+        ConfigError: for a name this tuneloop does not know (metadata written by a newer one).
+    """
+    if name not in REGISTRY:
+        from tuneloop.errors import ConfigError
+
+        raise ConfigError(f"unknown task {name!r}; this tuneloop knows {', '.join(NAMES)}")
     return REGISTRY[name]
 
 
@@ -155,9 +172,27 @@ def pad_token(tokenizer: Any) -> int:
 
 
 def target_ids(tokenizer: Any, texts: list[str], limit: int) -> list[list[int]]:
-    """Token ids of each target or response: its own tokens (no special ones), then the end token, at most `limit`."""
+    """Token ids of each response: its own tokens (no special ones), then the end token, at most `limit`."""
     end = end_token(tokenizer)
     return [ids[:limit - 1] + [end] for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
+def decoder_labels(tokenizer: Any, texts: list[str], limit: int) -> list[list[int]]:
+    """Token ids of each seq2seq target as the tokenizer builds a target (BART's <s> ... </s>, T5's ... </s>),
+    at most `limit`, always ending in the end token."""
+    end = end_token(tokenizer)
+    found = tokenizer(text_target=texts, truncation=True, max_length=limit)["input_ids"] if texts else []
+    return [ids if ids and ids[-1] == end else ids[:limit - 1] + [end] for ids in found]
+
+
+def target_lengths(task: Task, tokenizer: Any, texts: list[str]) -> list[int]:
+    """Each target's length in label tokens, uncut (what generation.max_new_tokens must hold)."""
+    if not texts:
+        return []
+    end = end_token(tokenizer)
+    if task.name == "seq2seq":
+        return [len(ids) + (ids[-1:] != [end]) for ids in tokenizer(text_target=texts)["input_ids"]]
+    return [len(ids) + 1 for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
 
 def causal_rows(tokenizer: Any, prompts: list[str], responses: list[str] | None, max_length: int,
@@ -212,7 +247,7 @@ def collate(task: Task, tokenizer: Any, inputs: list[str], targets: list[Any], m
         return batch
     if task.name == "seq2seq":
         batch = encode(tokenizer, inputs, max_length)
-        batch["labels"] = pad_rows(target_ids(tokenizer, targets, max_new_tokens), IGNORE)
+        batch["labels"] = pad_rows(decoder_labels(tokenizer, targets, max_new_tokens), IGNORE)
         return batch
     rows = causal_rows(tokenizer, inputs, targets, max_length, max_new_tokens)
     ids = [row for row, _ in rows]
@@ -228,7 +263,7 @@ def lengths(task: Task, tokenizer: Any, inputs: list[str], targets: list[Any], m
         return [len(row) for row, _ in causal_rows(tokenizer, inputs, targets, max_length, max_new_tokens)]
     sizes = [len(ids) for ids in tokenizer(inputs, truncation=True, max_length=max_length)["input_ids"]]
     if task.name == "seq2seq":
-        sizes = [n + len(ids) for n, ids in zip(sizes, target_ids(tokenizer, targets, max_new_tokens))]
+        sizes = [n + len(ids) for n, ids in zip(sizes, decoder_labels(tokenizer, targets, max_new_tokens))]
     return sizes
 
 

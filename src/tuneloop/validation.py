@@ -66,7 +66,7 @@ class Rules:
     Attributes:
         generative: whether the target is a text.
         roles: what the input and the target are called in messages (text/label, source/target ...).
-        count_tokens: the base tokenizer's token count of each text (no special tokens), or None.
+        count_tokens: each target's length in label tokens, end token included (`tasks.target_lengths`), or None.
         max_target_tokens: generation.max_new_tokens.
     """
 
@@ -353,10 +353,10 @@ def _target_length_problems(frame: pd.DataFrame, split: str, rules: Rules) -> li
     counts = rules.count_tokens(present["label"].astype(str).tolist())
     target = rules.roles[1]
     return [
-        Problem("target_too_long", f"row {row} ({split}): {target} is {count + 1} tokens with the end token, over "
+        Problem("target_too_long", f"row {row} ({split}): {target} is {count} tokens with the end token, over "
                 f"generation.max_new_tokens={rules.max_target_tokens}, so training would cut it off; raise "
                 f"generation.max_new_tokens or shorten the {target}", split, int(row))
-        for row, count in zip(present["row"], counts) if count + 1 > rules.max_target_tokens
+        for row, count in zip(present["row"], counts) if count > rules.max_target_tokens
     ]
 
 

@@ -37,17 +37,19 @@ def predict(
     cfg = config_for(config)
     ref = _ref(alias, version)
     rows = _inputs(texts or [], file, cfg.data.text_column)
-    if tasks.get(cfg.model.task).generative:
-        if log is not None:
-            tasks.require_labels(cfg.model.task, "tuneloop predict --log")
-        _write(cfg, ref, rows, as_json)
-        return
     if log is not None:  # before any work: a log that cannot take the rows fails in one line, nothing predicted
+        tasks.require_labels(cfg.model.task, "tuneloop predict --log")
         traffic.check_log(log)
         _check_loggable(rows)
     with tempfile.TemporaryDirectory(prefix="tuneloop-predict-") as scratch:
         fetched = registry.fetch(cfg.registry, ref, Path(scratch) / "version")
         try:
+            task = modeling.read_adapter_meta(fetched.adapter_dir).task  # the version's own task, whatever the config says
+            if tasks.get(task).generative:
+                if log is not None:
+                    tasks.require_labels(task, "tuneloop predict --log")
+                _write(fetched, rows, cfg, as_json)
+                return
             labels, scores, latency_ms = _scored(fetched, rows, cfg)
         except RegistryError as exc:
             raise RegistryError(f"version {fetched.version} of {cfg.registry.model_name}: {exc}") from exc
@@ -68,17 +70,12 @@ def predict(
         typer.echo(f"{label.ljust(width)}  {score:.4f}  {shown if len(shown) <= SHOWN else shown[:SHOWN - 1] + '…'}")
 
 
-def _write(cfg: Config, ref: str, rows: list[str], as_json: bool) -> None:
+def _write(fetched: registry.Fetched, rows: list[str], cfg: Config, as_json: bool) -> None:
     """Print the output a generative version writes for each text (generation settings from the config)."""
-    with tempfile.TemporaryDirectory(prefix="tuneloop-predict-") as scratch:
-        fetched = registry.fetch(cfg.registry, ref, Path(scratch) / "version")
-        device = modeling.pick_device(cfg.runtime.device)
-        try:
-            model, tokenizer, meta = modeling.load_adapter(fetched.adapter_dir, device, base=cfg.model.base)
-        except RegistryError as exc:
-            raise RegistryError(f"version {fetched.version} of {cfg.registry.model_name}: {exc}") from exc
-        outputs = generation.generate(model, tokenizer, meta.task, rows, meta.max_length, cfg.generation, device,
-                                      cfg.train.eval_batch_size)
+    device = modeling.pick_device(cfg.runtime.device)
+    model, tokenizer, meta = modeling.load_adapter(fetched.adapter_dir, device, base=cfg.model.base)
+    outputs = generation.generate(model, tokenizer, meta.task, rows, meta.max_length, cfg.generation, device,
+                                  cfg.train.eval_batch_size)
     if as_json:
         show_json([{"text": text, "output": output} for text, output in zip(rows, outputs)])
         return
