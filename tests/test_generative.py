@@ -206,46 +206,39 @@ def test_prefix_tuning_trains_a_seq2seq_model(tmp_path):
     assert facts.takes_past_key_values and facts.model_type == "t5"
 
 
-def test_generated_outputs_are_scored_against_the_references(tmp_path):
-    """A fully fine-tuned tiny T5 that learned to copy one word: its outputs, ROUGE and report agree."""
+def learned(base, task: str, prompt: str, words: list[str], epochs: int, max_new_tokens: int, folder):
+    """Fully fine-tune a tiny random base to answer `prompt + word` with the word; score it on each word once."""
     import torch
 
     from tuneloop import training
 
-    base = save_tiny_t5(tmp_path / "t5", hidden=64)
-    words = ["printer", "account", "password", "payment", "network", "screen"]  # one token each
-    rows = [(f"copy {w}", w) for w in words] * 20
-    cfg = parse_config({"model": {"base": str(base), "task": "seq2seq", "max_length": 16},
-                        "generation": {"max_new_tokens": 6}, "method": {"name": "full"},
-                        "train": {"epochs": 8, "batch_size": 12, "learning_rate": 3e-3, "patience": 0, "dev_fraction": 0.05},
-                        "runtime": {"device": "cpu"}})
+    rows = [(f"{prompt} {w}", w) for w in words] * 20
+    cfg = parse_config({"model": {"base": str(base), "task": task, "max_length": 16},
+                        "generation": {"max_new_tokens": max_new_tokens}, "method": {"name": "full"},
+                        "train": {"epochs": epochs, "batch_size": 12, "learning_rate": 3e-3, "patience": 0,
+                                  "dev_fraction": 0.05}, "runtime": {"device": "cpu"}})
     torch.manual_seed(0)
-    result = training.train(pd.DataFrame(rows, columns=["text", "label"]), cfg, tmp_path / "out")
-    held_out = pd.DataFrame([(f"copy {w}", w) for w in words], columns=["text", "label"])
-    report = evaluation.evaluate(tmp_path / "out" / "adapter", held_out, "cpu", 4, cfg.generation)
+    result = training.train(pd.DataFrame(rows, columns=["text", "label"]), cfg, folder)
+    held_out = pd.DataFrame([(f"{prompt} {w}", w) for w in words], columns=["text", "label"])
+    return result, evaluation.evaluate(folder / "adapter", held_out, "cpu", 4, cfg.generation)
+
+
+def test_generated_outputs_are_scored_against_the_references(tmp_path):
+    """A tiny T5 that learned to copy one word: its outputs, ROUGE and report agree."""
+    words = ["printer", "account", "password", "payment", "network", "screen"]  # one token each
+    result, report = learned(save_tiny_t5(tmp_path / "t5", hidden=64), "seq2seq", "copy", words, 8, 6, tmp_path / "out")
     assert report.predictions == words  # it learned the copy
     assert report.metrics == {"rougeL": 1.0, "rouge1": 1.0, "rouge2": 0.0}  # one word: no bigram to share
     assert report.row_values["rougeL"] == [1.0] * 6 and result.labels == []
 
 
 def test_a_causal_lm_answers_its_prompts_and_its_perplexity_is_measured_on_the_responses(tmp_path):
-    """A fully fine-tuned tiny LLaMA that learned to answer one word: its outputs, ROUGE and perplexity agree."""
-    import torch
-
+    """A tiny LLaMA that learned to answer one word (some of several tokens): its outputs, ROUGE and perplexity agree."""
     from tests.conftest import save_tiny_llama
-    from tuneloop import training
 
     base = save_tiny_llama(tmp_path / "llama", hidden=64)
     words = ["printer", "invoice", "login", "refund", "network", "screen"]
-    rows = [(f"which word? {w}", w) for w in words] * 20
-    cfg = parse_config({"model": {"base": str(base), "task": "causal_lm", "max_length": 16},
-                        "generation": {"max_new_tokens": 4}, "method": {"name": "full"},
-                        "train": {"epochs": 20, "batch_size": 12, "learning_rate": 3e-3, "patience": 0, "dev_fraction": 0.05},
-                        "runtime": {"device": "cpu"}})
-    torch.manual_seed(0)
-    training.train(pd.DataFrame(rows, columns=["text", "label"]), cfg, tmp_path / "out")
-    held_out = pd.DataFrame([(f"which word? {w}", w) for w in words], columns=["text", "label"])
-    report = evaluation.evaluate(tmp_path / "out" / "adapter", held_out, "cpu", 4, cfg.generation)
+    _, report = learned(base, "causal_lm", "which word?", words, 20, 4, tmp_path / "out")
     assert report.predictions == words
     tokenizer = modeling.load_tokenizer(base)
     counts = [len(tokenizer(w, add_special_tokens=False)["input_ids"]) + 1 for w in words]  # the word and the end token

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from tests.conftest import save_tiny_llama, save_tiny_t5
+from tests.test_methods import two_steps
 from tuneloop import generation, methods, modeling, preflight, tasks
 from tuneloop.config import parse_config
 
@@ -107,25 +108,6 @@ class Built:
     logits: torch.Tensor
     folder: Path
     size: int
-
-
-def two_steps(model, batch) -> tuple[float, float]:
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    model.train()
-
-    def loss():
-        torch.manual_seed(0)  # the same dropout masks every time
-        return model(**batch).loss
-
-    before = None
-    for _ in range(2):
-        value = loss()
-        before = value.item() if before is None else before
-        value.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    with torch.no_grad():
-        return before, loss().item()
 
 
 @pytest.fixture(scope="module", params=CASES, ids=[f"{task}-{name}-{bits}bit" for task, name, bits in CASES])
