@@ -1,12 +1,8 @@
 """Component: score the candidate and the champion on the same held-out rows."""
 
-from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Model, Output
 
-from tuneloop.components import IMAGE
 
-
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def evaluate_candidate(config: str, snapshot: Input[Dataset], trained: Input[Model], scores: Output[Artifact]) -> str:
     """Evaluate; `scores` is a JSON file; return the champion version scored ('' when none serves)."""
     from pathlib import Path

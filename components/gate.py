@@ -1,14 +1,10 @@
 """Component: the gate decision, as a boolean to branch on, a JSON file with its reasons, and the
 promotion dossier as an HTML artifact (shown in the KFP UI) with its markdown twin."""
 
-from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Output
-
-from tuneloop.components import IMAGE
 
 
 # A single bool output on purpose: kfp.local 2.17 cannot branch on a NamedTuple field.
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def gate_candidate(
     config: str, snapshot: Input[Dataset], scores: Input[Artifact], decision: Output[Artifact],
     dossier: Output[HTML], dossier_md: Output[Markdown],

@@ -5,13 +5,9 @@ on a NamedTuple field); the decision with its reasons and the id of the run that
 as a JSON artifact.
 """
 
-from kfp import dsl
 from kfp.dsl import HTML, Artifact, Input, Output
 
-from tuneloop.components import IMAGE
 
-
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def measure_traffic(config: str, log_path: str, measured: Output[Artifact], drift_report: Output[HTML]) -> None:
     """Drift of the champion's traffic window and the champion on fresh and held-out labelled rows."""
     from pathlib import Path
@@ -28,7 +24,6 @@ def measure_traffic(config: str, log_path: str, measured: Output[Artifact], drif
                              alarm=bool(found.drift and found.drift["alarm"]))
 
 
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def decide_action(config: str, measured: Input[Artifact], drift_report: Input[HTML], decision: Output[Artifact]) -> str:
     """Run the policy, record the decision (and the drift report) in the monitor experiment; return the action."""
     from pathlib import Path
@@ -43,7 +38,6 @@ def decide_action(config: str, measured: Input[Artifact], drift_report: Input[HT
     return made.action
 
 
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def rollback_champion(config: str, decision: Input[Artifact]) -> str:
     """Move the champion back to the version the decision names, through the audited rollback."""
     from pathlib import Path
@@ -56,7 +50,6 @@ def rollback_champion(config: str, decision: Input[Artifact]) -> str:
     return rollback_step(config_from_json(config), Path(decision.path))
 
 
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def prepare_retrain_data(config: str, log_path: str, measured: Input[Artifact], decision: Input[Artifact]) -> str:
     """Commit training data plus the newly labelled traffic as a new data revision; return the revision."""
     from pathlib import Path
@@ -69,7 +62,6 @@ def prepare_retrain_data(config: str, log_path: str, measured: Input[Artifact], 
     return retrain_data_step(config_from_json(config), Path(log_path), Path(measured.path), Path(decision.path))
 
 
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def note_retrain_outcome(config: str, decision: Input[Artifact], outcome: str) -> str:
     """Write what the retrain led to (version, gate verdict) onto the decision's run."""
     from pathlib import Path

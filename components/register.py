@@ -5,13 +5,9 @@ dossier; only `promote_candidate` then moves an alias (champion, or challenger w
 a lost race says so). Each returns the outcome as JSON: {"version": ..., "decision": {...}}.
 """
 
-from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Model
 
-from tuneloop.components import IMAGE
 
-
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def promote_candidate(
     config: str, run_name: str, snapshot: Input[Dataset], trained: Input[Model], scores: Input[Artifact],
     decision: Input[Artifact], dossier: Input[HTML], dossier_md: Input[Markdown],
@@ -22,7 +18,6 @@ def promote_candidate(
     return settle_step(True, config, run_name, snapshot.path, trained.path, scores.path, decision.path, dossier.path, dossier_md.path)
 
 
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def reject_candidate(
     config: str, run_name: str, snapshot: Input[Dataset], trained: Input[Model], scores: Input[Artifact],
     decision: Input[Artifact], dossier: Input[HTML], dossier_md: Input[Markdown],

@@ -1,12 +1,8 @@
 """Component: train an adapter on a snapshot's training rows."""
 
-from kfp import dsl
 from kfp.dsl import Dataset, Input, Model, Output
 
-from tuneloop.components import IMAGE
 
-
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def train_adapter(config: str, snapshot: Input[Dataset], trained: Output[Model]):
     """Train; `trained` holds adapter/, checkpoints/ and train.json."""
     from pathlib import Path

@@ -1,12 +1,8 @@
 """Component: read the data at a revision through DVC, validate it, freeze a snapshot."""
 
-from kfp import dsl
 from kfp.dsl import Dataset, Output
 
-from tuneloop.components import IMAGE
 
-
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def validate_data(config: str, data_rev: str, snapshot: Output[Dataset]) -> str:
     """Validate the data at `data_rev`; return the resolved commit sha."""
     from pathlib import Path

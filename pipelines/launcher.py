@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 import re
 import signal
 import socket
@@ -87,18 +86,16 @@ class LocalLauncher:
 
     def run(self, cfg: Config, data_rev: str) -> RunResult:
         """Run one cycle to completion; raise the step's own error class when a step fails."""
-        from tuneloop.pipelines.continuous_training import continuous_training
-
-        run_id, output, log_path = self._run(continuous_training, "ct", config=cfg.to_json(), data_rev=data_rev)
+        run_id, output, log_path = self._run(build_pipeline("continuous-training", cfg), "ct", config=cfg.to_json(),
+                                             data_rev=data_rev)
         outcome = json.loads(output)
         return RunResult(run_id=run_id, state="SUCCEEDED", version=outcome["version"],
                          decision=outcome["decision"], log_path=str(log_path))
 
     def monitor(self, cfg: Config, log_path: str) -> RunResult:
         """Run one monitoring tick to completion; `action` is what the policy decided."""
-        from tuneloop.pipelines.monitor import monitor
-
-        run_id, action, log_file = self._run(monitor, "monitor", config=cfg.to_json(), log_path=log_path)
+        run_id, action, log_file = self._run(build_pipeline("monitor", cfg), "monitor", config=cfg.to_json(),
+                                             log_path=log_path)
         return RunResult(run_id=run_id, state="SUCCEEDED", action=action, log_path=str(log_file))
 
     def _run(self, pipeline: Callable, prefix: str, **arguments: str) -> tuple[str, str, Path]:
@@ -165,15 +162,11 @@ class ClusterLauncher:
 
     def run(self, cfg: Config, data_rev: str) -> RunResult:
         """Submit one run; wait for it only when asked (a cluster run can take hours)."""
-        from tuneloop.pipelines.continuous_training import continuous_training
-
-        return self._submit(continuous_training, {"config": cfg.to_json(), "data_rev": data_rev})
+        return self._submit(build_pipeline("continuous-training", cfg), {"config": cfg.to_json(), "data_rev": data_rev})
 
     def monitor(self, cfg: Config, log_path: str) -> RunResult:
         """Submit one monitoring tick (`log_path` as the pods see it)."""
-        from tuneloop.pipelines.monitor import monitor
-
-        return self._submit(monitor, {"config": cfg.to_json(), "log_path": log_path})
+        return self._submit(build_pipeline("monitor", cfg), {"config": cfg.to_json(), "log_path": log_path})
 
     def _submit(self, pipeline: Callable, arguments: dict[str, str]) -> RunResult:
         import kfp
@@ -202,8 +195,6 @@ def launcher_for(cfg: Config, verbose: bool = False, wait: bool = False) -> Laun
     if cfg.runtime.mode == "local":
         return LocalLauncher(cfg.runtime.pipeline_root, verbose)
     _check_cluster_reachable(cfg)
-    # Read when the components are first imported; an explicit TUNELOOP_IMAGE wins.
-    os.environ.setdefault("TUNELOOP_IMAGE", cfg.runtime.image)
     return ClusterLauncher(cfg.runtime.host, cfg.registry.experiment, wait)
 
 
@@ -227,16 +218,29 @@ def _check_cluster_reachable(cfg: Config) -> None:
         raise PipelineError(f"runtime.host {cfg.runtime.host!r} does not answer ({exc}); check the KFP endpoint and your network") from exc
 
 
-def compile_pipeline(path: Path, name: str = "continuous-training") -> Path:
-    """Compile a pipeline (continuous-training or monitor) to KFP IR YAML at `path`."""
-    from kfp import compiler
+PIPELINES = ("continuous-training", "monitor")
 
+
+def build_pipeline(name: str, cfg: Config) -> Callable:
+    """The pipeline called `name`, built for the cluster settings in `cfg.runtime` (its image first).
+
+    Raises:
+        ConfigError: for a name that is not one of PIPELINES.
+    """
     from tuneloop.pipelines.continuous_training import continuous_training
     from tuneloop.pipelines.monitor import monitor
 
-    pipelines = {"continuous-training": continuous_training, "monitor": monitor}
-    if name not in pipelines:
-        raise ConfigError(f"no pipeline named {name!r}; choose one of {', '.join(pipelines)}")
+    builders = dict(zip(PIPELINES, (continuous_training, monitor)))
+    if name not in builders:
+        raise ConfigError(f"no pipeline named {name!r}; choose one of {', '.join(PIPELINES)}")
+    return builders[name](cfg.runtime.image)
+
+
+def compile_pipeline(path: Path, cfg: Config, name: str = "continuous-training") -> Path:
+    """Compile a pipeline (continuous-training or monitor) for `cfg`'s cluster settings to KFP IR YAML at `path`."""
+    from kfp import compiler
+
+    pipeline = build_pipeline(name, cfg)
     path.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(pipelines[name], str(path))
+    compiler.Compiler().compile(pipeline, str(path))
     return path

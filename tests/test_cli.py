@@ -113,6 +113,10 @@ def test_init_refuses_a_non_empty_folder(tmp_path):
 
 def test_pipeline_compile_writes_ir_yaml(tmp_path):
     out = tmp_path / "ct.yaml"
-    done = cli("pipeline", "compile", "--output", str(out), "--image", "registry.example/tuneloop:test")
+    config = tmp_path / "tuneloop.yaml"
+    config.write_text("runtime:\n  image: registry.example/tuneloop:test\n")
+    done = cli("pipeline", "compile", "--output", str(out), "--config", str(config))
     assert done.returncode == 0, done.stderr
-    assert "registry.example/tuneloop:test" in out.read_text()
+    assert done.stdout == f"compiled continuous-training for registry.example/tuneloop:test -> {out}\n"
+    images = {executor["container"]["image"] for executor in yaml.safe_load(out.read_text())["deploymentSpec"]["executors"].values()}
+    assert images == {"registry.example/tuneloop:test"}
