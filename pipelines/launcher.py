@@ -86,7 +86,7 @@ class LocalLauncher:
 
     def run(self, cfg: Config, data_rev: str) -> RunResult:
         """Run one cycle to completion; raise the step's own error class when a step fails."""
-        run_id, output, log_path = self._run(build_pipeline("continuous-training", cfg), "ct", config=cfg.to_json(),
+        run_id, output, log_path = self._run(build_pipeline("continuous-training", cfg, cluster=False), "ct", config=cfg.to_json(),
                                              data_rev=data_rev)
         outcome = json.loads(output)
         return RunResult(run_id=run_id, state="SUCCEEDED", version=outcome["version"],
@@ -94,7 +94,7 @@ class LocalLauncher:
 
     def monitor(self, cfg: Config, log_path: str) -> RunResult:
         """Run one monitoring tick to completion; `action` is what the policy decided."""
-        run_id, action, log_file = self._run(build_pipeline("monitor", cfg), "monitor", config=cfg.to_json(),
+        run_id, action, log_file = self._run(build_pipeline("monitor", cfg, cluster=False), "monitor", config=cfg.to_json(),
                                              log_path=log_path)
         return RunResult(run_id=run_id, state="SUCCEEDED", action=action, log_path=str(log_file))
 
@@ -221,19 +221,21 @@ def _check_cluster_reachable(cfg: Config) -> None:
 PIPELINES = ("continuous-training", "monitor")
 
 
-def build_pipeline(name: str, cfg: Config) -> Callable:
-    """The pipeline called `name`, built for the cluster settings in `cfg.runtime` (its image first).
+def build_pipeline(name: str, cfg: Config, cluster: bool = True) -> Callable:
+    """The pipeline called `name`, its steps in `runtime.image` and, for a cluster, with the pod
+    settings of `runtime.kubernetes`.
 
     Raises:
         ConfigError: for a name that is not one of PIPELINES.
     """
     from tuneloop.pipelines.continuous_training import continuous_training
     from tuneloop.pipelines.monitor import monitor
+    from tuneloop.pipelines.steps import Steps
 
     builders = dict(zip(PIPELINES, (continuous_training, monitor)))
     if name not in builders:
         raise ConfigError(f"no pipeline named {name!r}; choose one of {', '.join(PIPELINES)}")
-    return builders[name](cfg.runtime.image)
+    return builders[name](Steps(cfg.runtime, cluster))
 
 
 def compile_pipeline(path: Path, cfg: Config, name: str = "continuous-training") -> Path:

