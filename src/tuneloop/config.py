@@ -427,6 +427,7 @@ class RuntimeConfig(Strict):
     image: Annotated[Name, AfterValidator(_no_spaces)] = Field(
         "ghcr.io/tuneloop/tuneloop:0.1.0", description="Image every component runs in on a cluster."
     )
+    namespace: Name = Field("kubeflow", description="KFP namespace (profile) of the experiments, runs and schedules.")
     pipeline_root: Name = Field("runs", description="Local runner output folder (relative to the config).")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     kubernetes: cluster.KubernetesConfig = Field(
@@ -649,3 +650,14 @@ def config_from_json(text: str) -> Config:
 def json_schema() -> dict[str, Any]:
     """Return the JSON schema of the config tree (also used by the Helm chart's values schema)."""
     return Config.model_json_schema()
+
+
+def chart_values_schema(values_schema: dict[str, Any]) -> dict[str, Any]:
+    """The Helm chart's values schema with its `config` block regenerated from the config model.
+
+    The chart's own keys stay as written; `$defs` becomes the config tree's definitions plus
+    `Config`, the tree itself, which the chart's `config` property refers to.
+    """
+    config = json_schema()
+    definitions = config.pop("$defs")
+    return {**values_schema, "$defs": {**definitions, "Config": config}}

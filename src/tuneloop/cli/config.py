@@ -4,20 +4,31 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Optional
 
 import typer
 
 from tuneloop.cli.output import show_json
 from tuneloop import modeling, preflight
-from tuneloop.config import config_problems, json_schema, parse_config, read_config_file
+from tuneloop.config import chart_values_schema, config_problems, json_schema, parse_config, read_config_file
+from tuneloop.errors import ConfigError
 
 app = typer.Typer(help="Inspect and check configuration.", no_args_is_help=True)
 
 
 @app.command("schema")
-def schema() -> None:
-    """Print the JSON schema of the config tree."""
-    show_json(json_schema())
+def schema(
+    chart: Optional[Path] = typer.Option(None, "--chart", help="Regenerate this Helm chart's values.schema.json instead."),
+) -> None:
+    """Print the JSON schema of the config tree, or write it into a chart's values schema."""
+    if chart is None:
+        show_json(json_schema())
+        return
+    path = chart / "values.schema.json"
+    if not path.is_file():
+        raise ConfigError(f"{path} not found; pass the chart's folder, e.g. --chart charts/tuneloop")
+    path.write_text(json.dumps(chart_values_schema(json.loads(path.read_text())), indent=2) + "\n")
+    typer.echo(f"wrote {path}")
 
 
 @app.command("validate")
