@@ -20,8 +20,9 @@ def continuous_training(step: Steps) -> GraphComponent:
     """The pipeline, its steps built by `step` (for runtime.image and, on a cluster, runtime.kubernetes)."""
 
     @dsl.pipeline(name="continuous-training", description="Train, gate and promote a PEFT adapter.")
-    def pipeline(config: str, data_rev: str = "HEAD") -> str:
-        """One cycle on the data at `data_rev`; `config` is the validated config tree as JSON.
+    def pipeline(config: str, data_rev: str = "HEAD", run_name: str = "") -> str:
+        """One cycle on the data at `data_rev`; `config` is the validated config tree as JSON; `run_name`
+        names the MLflow run the registration writes (default: the KFP job's name).
 
         Returns the outcome as JSON: {"version": ..., "decision": {"passed": ..., "reasons": [...]}}.
         """
@@ -31,7 +32,7 @@ def continuous_training(step: Steps) -> GraphComponent:
                       trained=trained.outputs["trained"])
         gated = step(gate_candidate, config=config, snapshot=validated.outputs["snapshot"], scores=scored.outputs["scores"])
         evidence = dict(
-            config=config, run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, snapshot=validated.outputs["snapshot"],
+            config=config, run_name=run_name, job_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, snapshot=validated.outputs["snapshot"],
             trained=trained.outputs["trained"], scores=scored.outputs["scores"], decision=gated.outputs["decision"],
             dossier=gated.outputs["dossier"], dossier_md=gated.outputs["dossier_md"],
         )

@@ -6,6 +6,7 @@ The CLI and, later, the monitor call `launcher_for(cfg).run(...)` and never care
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import re
@@ -155,35 +156,60 @@ def _stop_steps() -> None:
 
 
 class ClusterLauncher:
-    """Submits the pipeline to a Kubeflow Pipelines API endpoint."""
+    """Submits a pipeline to runtime.host: uploaded as a new named version of that pipeline, then run."""
 
-    def __init__(self, host: str, experiment: str = "tuneloop", wait: bool = False):
-        self.host, self.experiment, self.wait = host, experiment, wait
+    def __init__(self, wait: bool = False, announce: Callable[[str], None] | None = None):
+        self.wait = wait
+        self.announce = announce or (lambda line: print(line, file=sys.stderr))
 
     def run(self, cfg: Config, data_rev: str) -> RunResult:
-        """Submit one run; wait for it only when asked (a cluster run can take hours)."""
-        return self._submit(build_pipeline("continuous-training", cfg), {"config": cfg.to_json(), "data_rev": data_rev})
+        """Submit one training cycle; with `wait`, follow it and read its version and verdict back from the registry."""
+        return self._submit(cfg, "continuous-training", {"data_rev": data_rev})
 
     def monitor(self, cfg: Config, log_path: str) -> RunResult:
         """Submit one monitoring tick (`log_path` as the pods see it)."""
-        return self._submit(build_pipeline("monitor", cfg), {"config": cfg.to_json(), "log_path": log_path})
+        return self._submit(cfg, "monitor", {"log_path": log_path})
 
-    def _submit(self, pipeline: Callable, arguments: dict[str, str]) -> RunResult:
-        import kfp
+    def plan(self, cfg: Config, name: str, parameters: dict[str, str]) -> dict:
+        """What a submission would send, sending nothing (`--dry-run`)."""
+        from tuneloop.pipelines import remote
 
-        try:
-            client = kfp.Client(host=self.host)
-            submitted = client.create_run_from_pipeline_func(
-                pipeline, arguments=arguments, experiment_name=self.experiment, enable_caching=False,
-            )
-        except Exception as exc:  # kfp raises HTTP, API and connection errors of many types for one cause
-            raise PipelineError(f"cannot submit to KFP at {self.host}: {exc}; check runtime.host and your access") from exc
+        with remote.scratch() as folder:
+            path, version = remote.compiled(cfg, name, Path(folder))
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        config = cfg.to_json()
+        return {"endpoint": cfg.runtime.host, "namespace": cfg.runtime.namespace, "pipeline": name, "version": version,
+                "ir_sha256": digest, "image": cfg.runtime.image, "experiment": cfg.registry.experiment,
+                "run": remote.run_name(name),
+                "parameters": {**parameters, "config": f"<the validated config as JSON, {len(config)} characters>"}}
+
+    def _submit(self, cfg: Config, name: str, parameters: dict[str, str]) -> RunResult:
+        from tuneloop import registry
+        from tuneloop.pipelines import remote
+
+        client = remote.connect(cfg, remote.bearer_token())
+        with remote.scratch() as folder:
+            path, version = remote.compiled(cfg, name, Path(folder))
+            uploaded = remote.upload(client, cfg, name, path, version)
+        run_name = remote.run_name(name)
+        arguments = {"config": cfg.to_json(), **parameters}
+        if name == "continuous-training":
+            arguments["run_name"] = run_name  # the registration's MLflow run takes this name: --wait finds it
+        run_id = remote.start_run(client, cfg, uploaded, run_name, arguments)
         if not self.wait:
-            return RunResult(run_id=submitted.run_id, state="SUBMITTED")
-        state = str(submitted.wait_for_run_completion().state)
-        if state.upper() not in ("SUCCEEDED", "SUCCESS"):
-            raise PipelineError(f"run {submitted.run_id} ended {state}; see its logs in the Kubeflow UI at {self.host}")
-        return RunResult(run_id=submitted.run_id, state=state)
+            return RunResult(run_id=run_id, state="SUBMITTED", log_path=run_name)
+        state = remote.wait(client, cfg, run_id, lambda s: self.announce(f"{time.strftime('%H:%M:%S')} run {run_name}: {s}"))
+        if state != "SUCCEEDED":
+            raise PipelineError(f"run {run_name} ({run_id}) ended {state}; see its logs in the Kubeflow UI at {cfg.runtime.host}")
+        if name != "continuous-training":
+            return RunResult(run_id=run_id, state=state, log_path=run_name)
+        found = registry.registered_by(cfg.registry, run_name)
+        if found is None:
+            raise PipelineError(f"run {run_name} succeeded but registered no version in {cfg.registry.tracking_uri}; "
+                                "check that the pods and this machine use the same registry.tracking_uri")
+        version, record = found
+        decision = {"passed": record.gate != "rejected", "reasons": record.gate_reasons, "manual": record.gate == "manual"}
+        return RunResult(run_id=run_id, state=state, version=version, decision=decision, log_path=run_name)
 
 
 def launcher_for(cfg: Config, verbose: bool = False, wait: bool = False) -> Launcher:
@@ -194,13 +220,13 @@ def launcher_for(cfg: Config, verbose: bool = False, wait: bool = False) -> Laun
     """
     if cfg.runtime.mode == "local":
         return LocalLauncher(cfg.runtime.pipeline_root, verbose)
-    _check_cluster_reachable(cfg)
-    return ClusterLauncher(cfg.runtime.host, cfg.registry.experiment, wait)
+    check_cluster_config(cfg)
+    return ClusterLauncher(wait)
 
 
-def _check_cluster_reachable(cfg: Config) -> None:
-    """Refuse a config whose stores only exist on this machine (pods could not reach them), or whose
-    KFP endpoint does not answer.
+def check_cluster_config(cfg: Config, probe: bool = True) -> None:
+    """Refuse a config whose stores only exist on this machine (pods could not reach them), or (with
+    `probe`) whose KFP endpoint does not answer.
 
     Raises:
         ConfigError: naming the key to change.
@@ -211,6 +237,8 @@ def _check_cluster_reachable(cfg: Config) -> None:
                           "on a cluster use the MLflow server's http(s) URI")
     if "://" not in cfg.data.repo and ":" not in cfg.data.repo.split("/")[0]:
         raise ConfigError(f"data.repo {cfg.data.repo!r} is a local folder; on a cluster use the data repo's git URL")
+    if not probe:
+        return
     url = urllib.parse.urlsplit(cfg.runtime.host)
     try:  # kfp.Client retries an unreachable host for minutes; a plain connect answers in seconds
         socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=5).close()

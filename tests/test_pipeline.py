@@ -62,7 +62,7 @@ def test_both_branches_receive_the_same_evidence(ir):
     promote, reject = (tasks[name]["inputs"] for name in ("promote-candidate", "reject-candidate"))
     assert set(promote["artifacts"]) == set(reject["artifacts"]) == {
         "snapshot", "trained", "scores", "decision", "dossier", "dossier_md"}
-    assert set(promote["parameters"]) == set(reject["parameters"]) == {"config", "run_name"}
+    assert set(promote["parameters"]) == set(reject["parameters"]) == {"config", "run_name", "job_name"}
 
 
 def test_no_step_is_cached_and_none_installs_packages_at_start(ir):
@@ -75,7 +75,7 @@ def test_no_step_is_cached_and_none_installs_packages_at_start(ir):
 
 
 def test_pipeline_parameters_are_what_an_operator_changes(ir):
-    assert set(ir["root"]["inputDefinitions"]["parameters"]) == {"config", "data_rev"}
+    assert set(ir["root"]["inputDefinitions"]["parameters"]) == {"config", "data_rev", "run_name"}
     assert ir["root"]["dag"]["outputs"]["parameters"]["Output"]["valueFromParameter"]["producerSubtask"] == "condition-branches-1"
 
 

@@ -12,9 +12,6 @@ import functools
 import multiprocessing
 import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 import uuid
 from dataclasses import replace
@@ -24,6 +21,7 @@ from typing import Callable
 
 import pytest
 
+from tests.conftest import mlflow_server
 from tests.test_registry import adapter, candidate  # noqa: F401 (adapter is a fixture)
 from tuneloop import ledger, registry
 from tuneloop.config import RegistryConfig
@@ -34,12 +32,6 @@ POSTGRES = dict(host="127.0.0.1", port=5432, user="postgres", dbname="postgres")
 RACERS = 20
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> str:
     """A real mlflow server on a free loopback port, backed by a fresh PostgreSQL database."""
@@ -47,34 +39,11 @@ def server(tmp_path_factory) -> str:
     admin = psycopg2.connect(**POSTGRES)
     admin.autocommit = True
     admin.cursor().execute(f"CREATE DATABASE {database}")
-    folder = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
-    log = open(folder / "server.log", "w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "2",
-         "--backend-store-uri", f"postgresql+psycopg2://postgres@127.0.0.1:5432/{database}",
-         "--artifacts-destination", str(folder / "artifacts")],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
     try:
-        import requests
-
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if requests.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow server did not start: {(folder / 'server.log').read_text()[-2000:]}")
-            time.sleep(0.5)
-        yield url
+        with mlflow_server(tmp_path_factory.mktemp("mlflow-server"),
+                           f"postgresql+psycopg2://postgres@127.0.0.1:5432/{database}") as url:
+            yield url
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(30)
-        log.close()
         admin.cursor().execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
         admin.close()
 

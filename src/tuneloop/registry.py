@@ -828,6 +828,22 @@ def repair(cfg: RegistryConfig, lease: float = ledger.LEASE_SECONDS) -> dict[str
     return {"claims": [entry.to_dict() for entry in settled], "versions": marked}
 
 
+def registered_by(cfg: RegistryConfig, run_name: str) -> tuple[str, VersionRecord] | None:
+    """The version a pipeline run registered and its record, found by the name of the MLflow run the
+    registration wrote (`run_name` is the submitter's own, without quotes); None when there is none."""
+    client = _reader(cfg)
+    if client is None:
+        return None
+    with _translated(cfg):
+        experiment = client.get_experiment_by_name(cfg.experiment)
+        if experiment is None:
+            return None
+        for run in client.search_runs([experiment.experiment_id], filter_string=f"tags.`mlflow.runName` = '{run_name}'"):
+            for version in client.search_model_versions(f"run_id = '{run.info.run_id}'"):
+                return str(version.version), _record(version)
+    return None
+
+
 def show(cfg: RegistryConfig, version: str) -> dict[str, Any]:
     """One version: its contract record, run metrics, aliases, promotion state, gate reasons and dossier."""
     client = _reader(cfg)
