@@ -12,13 +12,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import helm_python as helm
+import kubernetes_validate
 import pytest
 import yaml
 
-helm = pytest.importorskip("helm_python")
-kubernetes_validate = pytest.importorskip("kubernetes_validate")
-
-from tuneloop.config import chart_values_schema, parse_config  # noqa: E402
+from tuneloop.config import chart_values_schema, parse_config
 
 CHART = Path(__file__).resolve().parents[1] / "charts" / "tuneloop"
 SCENARIOS = sorted(path.name.removesuffix("-values.yaml") for path in (CHART / "ci").glob("*-values.yaml"))

@@ -16,10 +16,8 @@ import pytest
 import yaml
 from werkzeug import Response
 
-httpserver_plugin = pytest.importorskip("pytest_httpserver")
-
-from tests.conftest import mlflow_server  # noqa: E402
-from tuneloop.cli.app import main  # noqa: E402
+from tests.conftest import mlflow_server
+from tuneloop.cli.app import main
 
 API = "/apis/v2beta1"
 IMAGE = "registry.example.com/ml/tuneloop:3.1.4"
