@@ -68,5 +68,7 @@ def note_retrain_outcome(config: str, decision: Input[Artifact], outcome: str) -
 
     from tuneloop.config import config_from_json
     from tuneloop.monitor import outcome_step
+    from tuneloop.progress import start_step
 
+    start_step()
     return outcome_step(config_from_json(config), Path(decision.path), outcome)

@@ -9,24 +9,25 @@ import contextlib
 import hashlib
 import io
 import json
+import os
 import re
 import signal
 import socket
 import sys
-import urllib.parse
+import tempfile
 import time
+import urllib.parse
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol, TextIO
+from typing import Callable, Iterator, Protocol, TextIO
 
-from tuneloop import errors
+from tuneloop import errors, progress
 from tuneloop.config import Config
 from tuneloop.errors import ConfigError, Interrupted, PipelineError
 
-# What kfp.local prints around each step, and the last line of a Python traceback in a step's log.
+# What kfp.local prints when it starts a step (the step's own error comes as a record, not as log text).
 _TASK_START = re.compile(r"Executing task \S*?'([\w-]+)'")
-_EXCEPTION_LINE = re.compile(r"^\s*((?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*(?:Error|Exception|Interrupt|Exit|Warning)): (.*)$")
 _STOP_GRACE_SECONDS = 60  # a step cleaning up after Ctrl-C ends its MLflow run and deletes partial writes
 
 
@@ -56,22 +57,18 @@ class _StepOutput(io.TextIOBase):
     def __init__(self, log: TextIO, console: TextIO, verbose: bool):
         self.log, self.console, self.verbose, self.partial = log, console, verbose, ""
         self.step = ""  # the step running now, from kfp.local's "Executing task" line
-        self.cause: tuple[str, str] | None = None  # (exception class, message) of the last traceback
 
     def write(self, text: str) -> int:
         self.log.write(text)
         lines = (self.partial + text).split("\n")
         self.partial = lines.pop()
         for line in lines:
-            failed = _EXCEPTION_LINE.match(line)
-            if self.verbose or (" tuneloop." in line and not failed):  # the CLI says the error itself, once
+            if self.verbose or progress.is_progress_line(line):  # the CLI says a step's error itself, once
                 self.console.write(line + "\n")
             if started := _TASK_START.search(line):
-                self.step, self.cause = started.group(1), None
+                self.step = started.group(1)
                 if not self.verbose:  # verbose shows kfp's own line
                     self.console.write(f"{time.strftime('%H:%M:%S')} tuneloop.pipeline step {self.step} started\n")
-            elif failed:
-                self.cause = failed.group(1), failed.group(2).strip()
         return len(text)
 
     def flush(self) -> None:
@@ -110,29 +107,44 @@ class LocalLauncher:
         # The local runner warns that the cluster image and resource requests do not apply to it;
         # that is expected here (the steps run in this environment), so keep the console clean.
         warnings.filterwarnings("ignore", message=".*(non-Python base image|no effect in the current local runner)")
-        with open(log_path, "w", encoding="utf-8") as log:
+        with open(log_path, "w", encoding="utf-8") as log, tempfile.TemporaryDirectory() as records, \
+                _environment(progress.ERRORS_ENV, records):  # the steps inherit it: a failing one writes its error there
             output = _StepOutput(log, sys.stderr, self.verbose)
             try:
                 with contextlib.redirect_stdout(output):
                     task = pipeline(**arguments)
             except RuntimeError as exc:
-                raise _step_error(output, log_path) from exc
+                raise _step_error(output.step, progress.last_error_record(Path(records)), log_path) from exc
             except KeyboardInterrupt:
                 _stop_steps()
                 raise Interrupted(f"interrupted during step {output.step or 'start-up'} (log: {log_path})") from None
         return run_id, task.output, log_path
 
 
-def _step_error(output: _StepOutput, log_path: Path) -> errors.TuneloopError:
-    """The failed step's own error: its class when it is tuneloop's, else a PipelineError naming it."""
-    where = f"(step {output.step or '?'}; log: {log_path})"
-    if output.cause is None:
-        return PipelineError(f"step {output.step or '?'} failed without a Python error; see the log {log_path}")
-    name, message = output.cause
+@contextlib.contextmanager
+def _environment(name: str, value: str) -> Iterator[None]:
+    previous = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous
+
+
+def _step_error(step: str, record: dict[str, str] | None, log_path: Path) -> errors.TuneloopError:
+    """The failed step's own error, from the record it wrote: its class when it is tuneloop's, else a
+    PipelineError naming it."""
+    where = f"(step {step or '?'}; log: {log_path})"
+    if record is None:
+        return PipelineError(f"step {step or '?'} failed without a Python error; see the log {log_path}")
+    name, message = record["class"], record["message"]
     kind = getattr(errors, name.removeprefix("tuneloop.errors."), None) if name.startswith("tuneloop.errors.") else None
     if isinstance(kind, type) and issubclass(kind, errors.TuneloopError):
         return kind(f"{message} {where}")
-    return PipelineError(f"step {output.step or '?'} failed: {name}: {message} {where}")
+    return PipelineError(f"step {step or '?'} failed: {name}: {message} {where}")
 
 
 def _stop_steps() -> None:

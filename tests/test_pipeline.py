@@ -185,3 +185,36 @@ def test_every_step_runs_in_the_configured_image(ir, monitor_ir):
     for compiled, count in ((ir, 6), (monitor_ir, 11)):  # monitor: 5 own steps and the nested cycle's 6
         images = [executor["container"]["image"] for executor in compiled["deploymentSpec"]["executors"].values()]
         assert images == [IMAGE] * count
+
+
+def test_a_failing_step_records_its_error_class_and_message(tmp_path):
+    """What the launcher reads instead of the step's log text: the record start_step's hook writes."""
+    import os
+    import subprocess
+    import sys
+
+    from tuneloop.progress import ERRORS_ENV, last_error_record
+
+    code = ("from tuneloop.progress import start_step; from tuneloop.errors import DataError; start_step(); "
+            "raise DataError('row 3: label is empty')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, ERRORS_ENV: str(tmp_path / "errors")})
+    assert done.returncode == 1 and "DataError: row 3: label is empty" in done.stderr  # the traceback still shows
+    assert last_error_record(tmp_path / "errors") == {"class": "tuneloop.errors.DataError", "message": "row 3: label is empty"}
+    builtin = subprocess.run([sys.executable, "-c", "from tuneloop.progress import start_step; start_step(); {}['k']"],
+                             capture_output=True, text=True, env={**os.environ, ERRORS_ENV: str(tmp_path / "more")})
+    assert builtin.returncode == 1 and last_error_record(tmp_path / "more") == {"class": "KeyError", "message": "'k'"}
+    assert last_error_record(tmp_path / "none") is None
+
+
+@pytest.mark.parametrize("line,shown", [
+    ("    14:39:44 tuneloop.validation validated data/tickets.csv@75e38f8e: 200 train rows", True),
+    ("14:39:44 tuneloop.training epoch 1/2 step 20/46 loss 0.9475", True),
+    ("tuneloop.errors.DataError: row 101 (train): text is empty", False),
+    ("    raise DataError(f'{problems} in tuneloop.data')", False),
+    ("I1203 14:39:44.123 executor.py:100] Executing task 'validate-data'", False),
+])
+def test_only_tuneloops_own_progress_lines_reach_the_console(line, shown):
+    from tuneloop.progress import is_progress_line
+
+    assert is_progress_line(line) is shown

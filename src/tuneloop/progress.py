@@ -1,12 +1,26 @@
 """Progress output and step start-up: how tuneloop's log lines look wherever a step runs (CLI, KFP step, bench)."""
 
 import contextlib
+import json
 import logging
+import os
+import re
 import signal
+import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 FORMAT = "%(asctime)s %(name)s %(message)s"
 DATE_FORMAT = "%H:%M:%S"
+# FORMAT with DATE_FORMAT from tuneloop's loggers, as a runner may indent it (kfp.local does)
+_PROGRESS_LINE = re.compile(r"^\s*\d\d:\d\d:\d\d tuneloop(\.\S+)? ")
+ERRORS_ENV = "TUNELOOP_STEP_ERRORS"  # a folder where a failing step writes its error record
+
+
+def is_progress_line(line: str) -> bool:
+    """Whether a line of a step's output is one of tuneloop's own progress lines."""
+    return bool(_PROGRESS_LINE.match(line))
 
 
 def configure_logging(verbose: bool = False) -> None:
@@ -30,6 +44,31 @@ def start_step() -> None:
     """
     configure_logging()
     signal.signal(signal.SIGTERM, _terminate)
+    folder = os.environ.get(ERRORS_ENV)
+    if folder:
+        shown = sys.excepthook
+
+        def record_then_show(kind: type, error: BaseException, trace: object) -> None:
+            write_error_record(Path(folder), error)
+            shown(kind, error, trace)
+
+        sys.excepthook = record_then_show
+
+
+def write_error_record(folder: Path, error: BaseException) -> Path:
+    """Record the error a step ends with (its class and message), for whoever launched the step."""
+    folder.mkdir(parents=True, exist_ok=True)
+    kind = type(error)
+    path = folder / f"{time.time_ns()}-{os.getpid()}.json"
+    name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+    path.write_text(json.dumps({"class": name, "message": str(error)}))
+    return path
+
+
+def last_error_record(folder: Path) -> dict[str, str] | None:
+    """The newest error record in `folder`, or None."""
+    records = sorted(folder.glob("*.json")) if folder.is_dir() else []
+    return json.loads(records[-1].read_text()) if records else None
 
 
 @contextlib.contextmanager
