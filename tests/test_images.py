@@ -71,3 +71,13 @@ def test_no_secret_is_baked_in():
         for line in body:
             if line.upper().startswith(("ENV ", "ARG ")):
                 assert not secret.search(line), line
+
+
+def test_both_targets_install_what_the_charts_mlflow_server_needs():
+    from tomllib import loads
+
+    server = loads((DOCKERFILE.parents[1] / "pyproject.toml").read_text())["project"]["optional-dependencies"]["server"]
+    assert sorted(requirement.split(">")[0] for requirement in server) == ["boto3", "psycopg2-binary"]
+    body = stages(DOCKERFILE.read_text())
+    for build in ("build-cpu", "build-cuda"):
+        assert 'RUN pip install "/src[server]"' in body[build], build

@@ -129,3 +129,21 @@ class KubernetesConfig(Strict):
             if layer is not None:
                 merged = merged.model_copy(update={key: getattr(layer, key) for key in layer.model_fields_set})
         return merged
+
+
+class DistributedConfig(Strict):
+    """Where a cluster's train step trains: in its own pod (`local`), or as a Kubeflow Trainer TrainJob of
+    `nodes` pods with `gpus_per_node` GPUs each, running the same `tuneloop train` under torchrun.
+
+    The TrainJob's pods read the snapshot and write the adapter on the workspace claim
+    (`runtime.kubernetes.workspace_pvc`), which the train step copies in and out. Off a cluster,
+    training is always local (`accelerate launch` or `torchrun` spread it over local processes).
+    """
+
+    backend: Literal["local", "kubeflow_trainer"] = Field("local", description="local, or kubeflow_trainer (a TrainJob).")
+    nodes: int = Field(1, ge=1, le=64, description="Training pods (torchrun nodes).")
+    gpus_per_node: int = Field(0, ge=0, le=16, description="GPUs per pod, one process each; 0: one CPU process per pod.")
+    cpu: Quantity = Field("4", description="CPU per pod.")
+    memory: Quantity = Field("16Gi", description="Memory per pod.")
+    runtime: KubernetesName = Field("torch-distributed", description="The ClusterTrainingRuntime the TrainJob refers to.")
+    timeout: Annotated[int, duration("10m", "7d")] = Field("24h", description="How long the TrainJob may run.")

@@ -213,6 +213,10 @@ class TrainConfig(Strict):
         description="What an hour of one training process's device costs (a GPU, or the machine of a CPU run); "
                     "a run's cost estimate is its wall time x this x its processes.",
     )
+    distributed: cluster.DistributedConfig = Field(
+        default_factory=cluster.DistributedConfig,
+        description="On a cluster: train in the step's pod, or hand the job to Kubeflow Trainer (nodes x GPUs).",
+    )
 
 
 class GateConfig(Strict):
@@ -461,6 +465,16 @@ class Config(Strict):
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+
+    @model_validator(mode="after")
+    def _trainjob_has_a_workspace(self) -> "Config":
+        if self.train.distributed.backend == "kubeflow_trainer" and self.runtime.mode != "kfp":
+            raise ValueError("train.distributed.backend is kubeflow_trainer but runtime.mode is local; a TrainJob "
+                             "trains on a cluster (set runtime.mode: kfp), local training spreads with torchrun")
+        if self.train.distributed.backend == "kubeflow_trainer" and not self.runtime.kubernetes.workspace_pvc:
+            raise ValueError("train.distributed.backend is kubeflow_trainer but runtime.kubernetes.workspace_pvc is "
+                             "unset; the TrainJob's pods read the snapshot and write the adapter on that claim")
+        return self
 
     @model_validator(mode="after")
     def _method_fits_quantization(self) -> "Config":

@@ -163,9 +163,14 @@ def _old_rows(cfg: Config, origin: dict | None) -> tuple[pd.DataFrame | None, st
         return None, origin["data_rev"]
 
 
+# Where training runs changes no weight (one process or N take the same steps): kept out of the
+# training digest and of the parameters a version records and a dossier compares.
+WHERE_IT_RUNS = {"train": {"distributed"}}
+
+
 def _params(cfg: Config) -> dict[str, object]:
     params = {f"{section}.{key}": value for section in ("model", "method", "quantization", "generation", "train", "gate")
-              for key, value in getattr(cfg, section).model_dump(mode="json").items()}
+              for key, value in getattr(cfg, section).model_dump(mode="json", exclude=WHERE_IT_RUNS.get(section)).items()}
     return {**params, "train.learning_rate": cfg.learning_rate()}  # the rate used, also when the method's default
 
 
@@ -206,7 +211,7 @@ def training_digest(cfg: Config, base_sha256: str, method: dict) -> str:
     it resolved on the base (`method`, from the adapter's metadata), quantization and the train section
     with the learning rate used. Paths and hosts are left out, so it is the same on every machine."""
     model = {key: value for key, value in cfg.model.model_dump(mode="json").items() if key != "base"}
-    train = {**cfg.train.model_dump(mode="json"), "learning_rate": cfg.learning_rate()}
+    train = {**cfg.train.model_dump(mode="json", exclude=WHERE_IT_RUNS["train"]), "learning_rate": cfg.learning_rate()}
     sections = {"model": model, "base_sha256": base_sha256, "method": method, "train": train,
                 "quantization": cfg.quantization.model_dump(mode="json")}
     if tasks.get(cfg.model.task).generative:  # max_new_tokens cuts the targets training sees
