@@ -116,8 +116,9 @@ def test_the_configmap_holds_a_config_tuneloop_accepts(scenario):
     assert cfg.runtime.mode == "kfp"
     assert cfg.runtime.kubernetes.workspace_pvc == "tl-tuneloop-workspace"
     assert cfg.serve.log == "/workspace/shared/traffic/traffic.jsonl"
-    expected_uri = "https://mlflow.example.com" if name == "monitoring-off" else "http://tl-tuneloop-mlflow:5000"
-    assert cfg.registry.tracking_uri == expected_uri
+    expected_uri = "https://mlflow.example.com" if name == "monitoring-off" else "http://tl-tuneloop-mlflow.ml.svc.cluster.local:5000"
+    assert cfg.registry.tracking_uri == expected_uri  # fully qualified: the steps may run elsewhere
+    assert cfg.runtime.namespace == "ml"  # the steps run where the workspace claim is
 
 
 def test_every_pod_and_the_pipeline_use_the_image_named_in_config(scenario):
@@ -139,10 +140,24 @@ def test_the_gpu_scenario_trains_on_two_gpus_and_may_create_trainjobs():
                               "verbs": ["create", "get", "list", "watch", "delete"]}]
 
 
+def test_the_release_registers_its_recurring_run_by_name_and_removes_it_on_uninstall():
+    jobs = {doc["metadata"]["name"]: doc for doc in documents(render(scenario_values("minimal"))) if doc["kind"] == "Job"}
+    assert sorted(jobs) == ["tl-tuneloop-schedule", "tl-tuneloop-unschedule"]
+    schedule, unschedule = jobs["tl-tuneloop-schedule"], jobs["tl-tuneloop-unschedule"]
+    assert schedule["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
+    assert schedule["spec"]["template"]["spec"]["containers"][0]["command"] == [
+        "tuneloop", "pipeline", "schedule", "--config", "/etc/tuneloop/tuneloop.yaml", "--name", "tl-tuneloop",
+        "--cron", "0 0 2 * * *", "--max-concurrency", "1"]
+    assert unschedule["metadata"]["annotations"]["helm.sh/hook"] == "pre-delete"
+    assert "tuneloop pipeline schedule --delete --name tl-tuneloop " in unschedule["spec"]["template"]["spec"]["containers"][0]["command"][2]
+    volumes = [v["name"] for v in schedule["spec"]["template"]["spec"]["volumes"]]
+    assert volumes == ["config", "tmp", "kfp-token"]  # no workspace claim: an RWX volume could hold the hook up
+
+
 def test_monitoring_off_renders_no_predictor_monitor_or_mlflow():
     kinds = {(doc["kind"], doc["metadata"]["name"]) for doc in documents(render(scenario_values("monitoring-off")))}
     assert not {name for _, name in kinds if name.endswith(("-serve", "-monitor", "-mlflow", "-postgresql"))}
-    assert ("Job", "tl-tuneloop-schedule") in kinds
+    assert ("Job", "tl-tuneloop-schedule") in kinds and ("Job", "tl-tuneloop-unschedule") in kinds
 
 
 @pytest.mark.parametrize("change,message", [
@@ -152,6 +167,8 @@ def test_monitoring_off_renders_no_predictor_monitor_or_mlflow():
     ({"mlflow": {"artifacts": {"type": "s3", "s3": {"destination": "s3://bucket/x"}}}},
      "mlflow.artifacts.s3.existingSecret is required for artifacts on S3"),
     ({"config": {"data": {"repo": ""}}}, "config.data.repo is required: the git URL of the data repository"),
+    ({"postgresql": {"enabled": False}, "mlflow": {"replicas": 2, "backendStore": {"existingSecret": "db"}}},
+     "mlflow.replicas > 1 needs mlflow.artifacts.type s3"),
 ])
 def test_a_missing_required_name_fails_rendering_naming_the_key(change, message):
     values = scenario_values("minimal")
@@ -237,5 +254,12 @@ def test_checkov_finds_nothing_and_every_suppression_says_why(tmp_path):
     core = {"CKV_K8S_20", "CKV_K8S_22", "CKV_K8S_23", "CKV_K8S_31", "CKV_K8S_37", "CKV_K8S_10", "CKV_K8S_11",
             "CKV_K8S_12", "CKV_K8S_13"}
     assert workloads == {"Deployment.ml.tl-tuneloop-mlflow", "Deployment.ml.tl-tuneloop-serve", "CronJob.ml.tl-tuneloop-monitor",
-                         "Job.ml.tl-tuneloop-schedule", "StatefulSet.ml.tl-tuneloop-postgresql"}
+                         "Job.ml.tl-tuneloop-schedule", "Job.ml.tl-tuneloop-unschedule", "StatefulSet.ml.tl-tuneloop-postgresql"}
     assert {resource: core - passed.get(resource, set()) for resource in workloads} == {resource: set() for resource in workloads}
+
+
+def test_a_five_field_cron_fails_rendering_naming_the_key():
+    values = {**scenario_values("minimal"), "training": {"cron": "0 2 * * *"}}
+    with pytest.raises(helm.HelmError) as refused:
+        render(values)
+    assert "/training/cron" in str(refused.value)

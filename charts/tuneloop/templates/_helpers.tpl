@@ -22,8 +22,9 @@ app.kubernetes.io/component: {{ .component }}
 {{- .Values.workspace.existingClaim | default (printf "%s-workspace" (include "tuneloop.fullname" .)) -}}
 {{- end -}}
 
+{{/* Fully qualified: the pipeline's steps may run in another namespace. */}}
 {{- define "tuneloop.mlflowUrl" -}}
-{{- printf "http://%s-mlflow:5000" (include "tuneloop.fullname" .) -}}
+{{- printf "http://%s-mlflow.%s.svc.cluster.local:5000" (include "tuneloop.fullname" .) .Release.Namespace -}}
 {{- end -}}
 
 {{/* The platform config with the keys the chart owns filled in, as YAML. */}}
@@ -35,7 +36,7 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 {{- $owned := dict
     "serve" (dict "host" "0.0.0.0" "port" 8080 "log" (printf "%s/traffic/traffic.jsonl" .Values.workspace.mountPath))
-    "runtime" (dict "mode" "kfp" "kubernetes" (dict "workspace_pvc" (include "tuneloop.workspaceClaim" .) "workspace_path" .Values.workspace.mountPath)) -}}
+    "runtime" (dict "mode" "kfp" "namespace" .Release.Namespace "kubernetes" (dict "workspace_pvc" (include "tuneloop.workspaceClaim" .) "workspace_path" .Values.workspace.mountPath)) -}}
 {{- if .Values.mlflow.enabled -}}
 {{- $_ := set $owned "registry" (dict "tracking_uri" (include "tuneloop.mlflowUrl" .)) -}}
 {{- end -}}
@@ -87,26 +88,31 @@ image: {{ .Values.config.runtime.image | quote }}
 imagePullPolicy: {{ (get (get .Values.config.runtime "kubernetes" | default dict) "image_pull_policy") | default "IfNotPresent" }}
 {{- end -}}
 
+{{/* The config and /tmp; with (dict "root" $ "workspace" true), the workspace claim too. */}}
 {{- define "tuneloop.mounts" -}}
 - name: config
   mountPath: /etc/tuneloop
   readOnly: true
-- name: workspace
-  mountPath: {{ .Values.workspace.mountPath }}
 - name: tmp
   mountPath: /tmp
+{{- if .workspace }}
+- name: workspace
+  mountPath: {{ .root.Values.workspace.mountPath }}
+{{- end }}
 {{- end -}}
 
 {{- define "tuneloop.volumes" -}}
 - name: config
   configMap:
-    name: {{ include "tuneloop.fullname" . }}-config
-- name: workspace
-  persistentVolumeClaim:
-    claimName: {{ include "tuneloop.workspaceClaim" . }}
+    name: {{ include "tuneloop.fullname" .root }}-config
 - name: tmp
   emptyDir:
     sizeLimit: 2Gi
+{{- if .workspace }}
+- name: workspace
+  persistentVolumeClaim:
+    claimName: {{ include "tuneloop.workspaceClaim" .root }}
+{{- end }}
 {{- end -}}
 
 {{- define "tuneloop.pullSecrets" -}}
