@@ -199,7 +199,7 @@ class ClusterLauncher:
         from tuneloop import registry
         from tuneloop.pipelines import remote
 
-        client = remote.connect(cfg, remote.bearer_token())
+        client = remote.connect(cfg, remote.bearer_token(cfg.runtime.host))
         with remote.scratch() as folder:
             path, version = remote.compiled(cfg, name, Path(folder))
             uploaded = remote.upload(client, cfg, name, path, version)

@@ -45,12 +45,15 @@ class Uploaded:
     version_id: str
 
 
-def bearer_token() -> str | None:
-    """The token to present: $TUNELOOP_KFP_TOKEN, else the pod's pipelines token, else the kubeconfig user's token."""
+def bearer_token(host: str) -> str | None:
+    """The token to present: $TUNELOOP_KFP_TOKEN, else the pod's pipelines token, else (to an https
+    endpoint only, never in clear text) the kubeconfig user's token."""
     if os.environ.get(TOKEN_ENV, "").strip():
         return os.environ[TOKEN_ENV].strip()
     if POD_TOKEN.is_file():
         return POD_TOKEN.read_text().strip()
+    if not host.startswith("https://"):
+        return None
     try:
         from kubernetes import config as kube
 
@@ -93,6 +96,8 @@ def call(cfg: Config, what: str, action: Callable[[], Any]) -> Any:
             return action()
     except kfp_server_api.ApiException as exc:
         raise _answered(cfg, exc.status, exc.reason, _message(exc.body), what) from None
+    except ValueError as exc:  # kfp's own refusals, e.g. two pipelines of one name
+        raise PipelineError(f"KFP at {cfg.runtime.host}: {what} failed: {exc}") from None
     except Exception as exc:  # urllib3 raises its own connection errors, not ApiException
         if "MaxRetryError" in type(exc).__name__ or isinstance(exc, (ConnectionError, OSError)):
             raise PipelineError(f"runtime.host {cfg.runtime.host!r} stopped answering during {what}; retry") from None
@@ -115,21 +120,30 @@ def _answered(cfg: Config, status: int, reason: str, message: str, what: str) ->
 
 
 def compiled(cfg: Config, name: str, folder: Path) -> tuple[Path, str]:
-    """Compile pipeline `name` for cfg into `folder`; return the file and the version name it is uploaded as."""
+    """Compile pipeline `name` for cfg into `folder`; return the file and its version name, which the
+    compiled IR's digest makes: the same pipeline for the same settings is one version, however often sent."""
     from tuneloop.pipelines.launcher import compile_pipeline
 
     path = compile_pipeline(folder / f"{name}.yaml", cfg, name)
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:8]
-    return path, f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{digest}"
+    return path, f"{name}-{hashlib.sha256(path.read_bytes()).hexdigest()[:12]}"
+
+
+def _by_name(name: str) -> str:
+    """A KFP list filter for one display name (operation 1 is EQUALS)."""
+    return json.dumps({"predicates": [{"operation": 1, "key": "display_name", "stringValue": name}]})
 
 
 def upload(client: Any, cfg: Config, name: str, path: Path, version: str) -> Uploaded:
-    """Upload `path` as version `version` of the pipeline called `name`, creating the pipeline the first time."""
+    """Make `path` version `version` of the pipeline called `name`: created the first time, reused after."""
     pipeline_id = call(cfg, f"looking up pipeline {name!r}", lambda: client.get_pipeline_id(name))
     if pipeline_id is None:
         created = call(cfg, f"creating pipeline {name!r}", lambda: client.upload_pipeline(
             str(path), pipeline_name=name, description="tuneloop: train, gate and promote a PEFT model"))
         pipeline_id = created.pipeline_id
+    found = call(cfg, f"looking up version {version!r}", lambda: client.list_pipeline_versions(
+        pipeline_id, page_size=1, filter=_by_name(version))).pipeline_versions or []
+    if found:
+        return Uploaded(name, pipeline_id, version, found[0].pipeline_version_id)
     made = call(cfg, f"uploading version {version!r}", lambda: client.upload_pipeline_version(
         str(path), pipeline_version_name=version, pipeline_id=pipeline_id))
     return Uploaded(name, pipeline_id, version, made.pipeline_version_id)
@@ -200,13 +214,13 @@ def schedule(client: Any, cfg: Config, uploaded: Uploaded, name: str, cron: str,
     Catch-up is off: a paused or late schedule starts one run when it resumes, not one per missed slot.
     """
     experiment = experiment_id(client, cfg)
-    for old in recurring_runs(client, cfg):
-        if old.display_name == name:
-            call(cfg, f"replacing recurring run {name!r}", lambda: client.delete_recurring_run(old.recurring_run_id))
+    old = [found.recurring_run_id for found in recurring_runs(client, cfg) if found.display_name == name]
     made = call(cfg, f"creating recurring run {name!r}", lambda: client.create_recurring_run(
         experiment, name, cron_expression=cron, max_concurrency=max_concurrency, no_catchup=True,
         params={"config": cfg.to_json()}, pipeline_id=uploaded.pipeline_id, version_id=uploaded.version_id,
         enable_caching=False))
+    for run_id in old:  # only once the new one exists: a failed creation leaves the old schedule running
+        call(cfg, f"removing the previous recurring run {name!r} ({run_id})", lambda: client.delete_recurring_run(run_id))
     return made.recurring_run_id
 
 

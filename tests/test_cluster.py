@@ -7,6 +7,8 @@ placement, pull settings, timeouts).
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import yaml
 
@@ -160,3 +162,40 @@ def test_bad_kubernetes_settings_are_refused_naming_the_key(tmp_path, kubernetes
     with pytest.raises(ConfigError) as refused:
         load_config(path)
     assert message in str(refused.value)
+
+
+@pytest.mark.parametrize("kubernetes,message", [
+    ({"steps": {"evaluate_candidate": {"memory": "16Gi"}}},
+     "runtime.kubernetes: evaluate_candidate would request memory 16Gi over its limit 8Gi; "
+     "raise runtime.kubernetes.steps.evaluate_candidate.memory_limit"),
+    ({"steps": {"train_adapter": {"cpu": "2", "cpu_limit": "1500m"}}},
+     "runtime.kubernetes: train_adapter would request cpu 2 over its limit 1500m"),
+])
+def test_a_request_over_its_limit_is_refused(tmp_path, kubernetes, message):
+    path = tmp_path / "tuneloop.yaml"
+    path.write_text(yaml.safe_dump({"runtime": {"kubernetes": kubernetes}}))
+    with pytest.raises(ConfigError) as refused:
+        load_config(path)
+    assert message in str(refused.value)
+
+
+@pytest.mark.parametrize("key,url", [
+    ("data.repo", "https://oauth2:ghp_abc123@github.com/team/data.git"),
+    ("data.repo", "https://ghp_abc123@github.com/team/data.git"),
+    ("registry.tracking_uri", "http://admin:secret@mlflow.example:5000"),
+])
+def test_credentials_in_a_url_are_refused(tmp_path, key, url):
+    section, name = key.split(".")
+    path = tmp_path / "tuneloop.yaml"
+    path.write_text(yaml.safe_dump({section: {name: url}}))
+    with pytest.raises(ConfigError) as refused:
+        load_config(path)
+    assert f"{key} = {json.dumps(url)}: holds credentials in the URL; drop them" in str(refused.value)
+
+
+@pytest.mark.parametrize("url", ["git@github.com:team/data.git", "ssh://git@github.com/team/data.git",
+                                 "https://github.com/team/data.git"])
+def test_a_git_url_without_a_secret_is_accepted(tmp_path, url):
+    path = tmp_path / "tuneloop.yaml"
+    path.write_text(yaml.safe_dump({"data": {"repo": url}}))
+    assert load_config(path).data.repo == url

@@ -39,13 +39,16 @@ def workspace(tmp_path, httpserver, monkeypatch) -> Path:
     return config
 
 
-def answer(httpserver, pipeline_exists: bool = False, recurring: list[dict] | None = None, start=None) -> None:
+def answer(httpserver, pipeline_exists: bool = False, recurring: list[dict] | None = None, start=None,
+           version: str = "") -> None:
     """The endpoint's canned answers for one upload, experiment lookup and run or schedule (`start`: a
-    handler for the run's creation)."""
+    handler for the run's creation; `version`: a version of that name exists already)."""
     httpserver.expect_request(f"{API}/healthz").respond_with_json({"multi_user": False})
     found = {"pipelines": [{"pipeline_id": "p-7", "display_name": "continuous-training"}]} if pipeline_exists else {}
     httpserver.expect_request(f"{API}/pipelines", method="GET").respond_with_json(found)
     httpserver.expect_request(f"{API}/pipelines/upload", method="POST").respond_with_json({"pipeline_id": "p-7"})
+    httpserver.expect_request(f"{API}/pipelines/p-7/versions", method="GET").respond_with_json(
+        {"pipeline_versions": [{"pipeline_version_id": "v-old", "display_name": version}]} if version else {})
     httpserver.expect_request(f"{API}/pipelines/upload_version", method="POST").respond_with_json(
         {"pipeline_id": "p-7", "pipeline_version_id": "v-9"})
     httpserver.expect_request(f"{API}/experiments", method="GET").respond_with_json(
@@ -93,8 +96,8 @@ def test_submit_uploads_the_compiled_ir_as_a_named_version_and_starts_a_run(work
     code, out, err = cli("pipeline", "submit", "--rev", "v1.2", "--config", str(workspace))
     assert (code, err) == (0, ""), err
     assert requests(httpserver) == [
-        ("GET", f"{API}/healthz"), ("GET", f"{API}/pipelines"),
-        ("POST", f"{API}/pipelines/upload"), ("POST", f"{API}/pipelines/upload_version"),
+        ("GET", f"{API}/healthz"), ("GET", f"{API}/pipelines"), ("POST", f"{API}/pipelines/upload"),
+        ("GET", f"{API}/pipelines/p-7/versions"), ("POST", f"{API}/pipelines/upload_version"),
         ("GET", f"{API}/experiments"), ("POST", f"{API}/runs"),
     ]
     assert all(r.headers["Authorization"] == f"Bearer {TOKEN}" for r, _ in httpserver.log)
@@ -102,7 +105,7 @@ def test_submit_uploads_the_compiled_ir_as_a_named_version_and_starts_a_run(work
     assert upload.args["name"] == "continuous-training"
     version = next(r for r, _ in httpserver.log if r.path.endswith("/upload_version"))
     assert version.args["pipelineid"] == "p-7"
-    assert re.fullmatch(r"continuous-training-\d{8}-\d{6}-[0-9a-f]{8}", version.args["name"])
+    assert re.fullmatch(r"continuous-training-[0-9a-f]{12}", version.args["name"])  # named by the IR's digest
     ir = uploaded_ir(httpserver)
     assert ir["pipelineInfo"]["name"] == "continuous-training"
     assert {e["container"]["image"] for e in ir["deploymentSpec"]["executors"].values()} == {IMAGE}
@@ -121,6 +124,17 @@ def test_a_second_submit_adds_a_version_to_the_existing_pipeline(workspace, http
     assert (code, err) == (0, ""), err
     assert ("POST", f"{API}/pipelines/upload") not in requests(httpserver)
     assert ("POST", f"{API}/pipelines/upload_version") in requests(httpserver)
+
+
+def test_the_same_compiled_pipeline_is_one_version_however_often_sent(workspace, httpserver, cli):
+    code, out, _ = cli("pipeline", "submit", "--dry-run", "--config", str(workspace))
+    version = json.loads(out)["version"]
+    answer(httpserver, pipeline_exists=True, version=version)
+    code, _, err = cli("pipeline", "submit", "--config", str(workspace))
+    assert (code, err) == (0, ""), err
+    assert ("POST", f"{API}/pipelines/upload_version") not in requests(httpserver)
+    run = json.loads(next(r for r, _ in httpserver.log if r.path == f"{API}/runs").data)
+    assert run["pipeline_version_reference"] == {"pipeline_id": "p-7", "pipeline_version_id": "v-old"}
 
 
 def test_dry_run_prints_what_would_be_sent_and_sends_nothing(workspace, httpserver, cli):
@@ -154,8 +168,10 @@ def test_rescheduling_replaces_the_recurring_run_of_that_name(workspace, httpser
     httpserver.expect_request(f"{API}/recurringruns/rr-old", method="DELETE").respond_with_json({})
     code, _, err = cli("pipeline", "schedule", "--cron", "0 0 2 * * *", "--config", str(workspace))
     assert (code, err) == (0, ""), err
-    assert ("DELETE", f"{API}/recurringruns/rr-old") in requests(httpserver)
-    assert ("DELETE", f"{API}/recurringruns/rr-other") not in requests(httpserver)
+    sent = requests(httpserver)
+    assert ("DELETE", f"{API}/recurringruns/rr-other") not in sent
+    # the old one goes only once the new one exists
+    assert sent.index(("POST", f"{API}/recurringruns")) < sent.index(("DELETE", f"{API}/recurringruns/rr-old"))
 
 
 def test_list_pause_resume_and_delete_act_on_the_named_run(workspace, httpserver, cli):
@@ -182,7 +198,7 @@ def registry_server(tmp_path_factory) -> str:
         yield url
 
 
-def register_as(tracking_uri: str, run_name: str, gate: str, reasons: list[str]) -> None:
+def register_as(tracking_uri: str, run_name: str, gate: str, reasons: list[str]) -> str:
     """What the pipeline's register step leaves: an MLflow run named `run_name` and a version from it."""
     from mlflow import MlflowClient
 
@@ -197,7 +213,8 @@ def register_as(tracking_uri: str, run_name: str, gate: str, reasons: list[str])
     tags = {TAG + key: value for key, value in (("base_model", "tiny"), ("base_sha256", "0"), ("tokenizer_sha256", "0"),
                                                  ("task", "sequence_classification"), ("labels", '["a", "b"]'),
                                                  ("method", "lora"), ("gate", gate), ("gate_reasons", json.dumps(reasons)))}
-    client.create_model_version("tickets-model", source=f"{run.info.artifact_uri}/adapter", run_id=run.info.run_id, tags=tags)
+    return client.create_model_version("tickets-model", source=f"{run.info.artifact_uri}/adapter", run_id=run.info.run_id,
+                                       tags=tags).version
 
 
 @pytest.mark.parametrize("gate,reasons,verdict", [
@@ -217,7 +234,7 @@ def test_wait_follows_the_run_and_ends_with_the_version_and_verdict_from_the_reg
 
     def start(request):  # the "cluster" registers the candidate under the run's name, as the pipeline does
         started["name"] = json.loads(request.data)["display_name"]
-        register_as(registry_server, started["name"], gate, reasons)
+        started["version"] = register_as(registry_server, started["name"], gate, reasons)
         return Response(json.dumps({"run_id": "r-8", "state": "PENDING"}), content_type="application/json")
 
     states = iter(["PENDING", "RUNNING", "RUNNING", "SUCCEEDED"])
@@ -230,8 +247,7 @@ def test_wait_follows_the_run_and_ends_with_the_version_and_verdict_from_the_reg
     name = started["name"]
     assert [re.sub(r"^\d\d:\d\d:\d\d ", "", line) for line in lines[:-1]] == [
         f"run {name}: PENDING", f"run {name}: RUNNING", f"run {name}: SUCCEEDED"]
-    version = "1" if gate == "passed" else "2"
-    assert lines[-1] == f"run {name} SUCCEEDED: version {version}, gate {verdict}"
+    assert lines[-1] == f"run {name} SUCCEEDED: version {started['version']}, gate {verdict}"
 
 
 def test_a_failed_run_ends_wait_in_one_line(workspace, httpserver, monkeypatch, cli):

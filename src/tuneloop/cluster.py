@@ -42,6 +42,15 @@ def _quantity(value: str | None) -> str | None:
     return value
 
 
+_SUFFIXES = {"": 1, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+
+
+def amount(quantity: str) -> float:
+    """A Kubernetes quantity as a number (500m is 0.5, 8Gi is 8 x 2**30)."""
+    number, suffix = re.fullmatch(r"(\d+(?:\.\d+)?)([a-zA-Z]*)", quantity).groups()
+    return float(number) * _SUFFIXES[suffix]
+
+
 KubernetesName = Annotated[str, AfterValidator(_kubernetes_name)]
 EnvName = Annotated[str, AfterValidator(_env_name)]
 Quantity = Annotated[str | None, AfterValidator(_quantity)]
@@ -117,6 +126,13 @@ class KubernetesConfig(Strict):
         if self.defaults.retries:
             raise ValueError("runtime.kubernetes.defaults.retries would retry the steps that write to the registry; "
                              "set retries per step under runtime.kubernetes.steps")
+        for step in STEPS:
+            settings = self.settings(step)
+            for request, limit in (("cpu", "cpu_limit"), ("memory", "memory_limit")):
+                low, high = getattr(settings, request), getattr(settings, limit)
+                if low is not None and high is not None and amount(low) > amount(high):
+                    raise ValueError(f"runtime.kubernetes: {step} would request {request} {low} over its limit {high}; "
+                                     f"raise runtime.kubernetes.steps.{step}.{limit}")
         env = [name for secret in self.secrets for name in secret.env]
         if repeated := sorted({name for name in env if env.count(name) > 1}):
             raise ValueError(f"runtime.kubernetes.secrets sets {repeated} from more than one Secret; keep one")

@@ -34,6 +34,15 @@ def _http_url(value: str | None) -> str | None:
     return value
 
 
+def _no_credentials(value: str) -> str:
+    # An http(s) URL's user:password or token would travel in the config: into the chart's ConfigMap and
+    # every pipeline run's parameters. (ssh's git@host names a user, no secret.)
+    if re.match(r"^https?://[^/@]*@", value, re.IGNORECASE):
+        raise PydanticCustomError("credentials", "holds credentials in the URL; drop them and give them as environment "
+                                                 "variables from a Secret (runtime.kubernetes.secrets)")
+    return value
+
+
 def _no_spaces(value: str) -> str:
     if re.search(r"\s", value):
         raise PydanticCustomError("spaces", "must not contain spaces")
@@ -83,7 +92,9 @@ def _resolve(value: str, info: ValidationInfo) -> str:
 class DataConfig(Strict):
     """Where the data lives (a git + DVC repository) and how to read it."""
 
-    repo: Name = Field(".", description="Git + DVC repository holding the data (path or git URL).")
+    repo: Annotated[Name, AfterValidator(_no_credentials)] = Field(
+        ".", description="Git + DVC repository holding the data (path or git URL)."
+    )
     rev: Name = Field("HEAD", description="Git revision to read; a pipeline run may override it.")
     path: Annotated[Name, AfterValidator(_data_file)] = Field(
         "data/train.csv", description="Dataset file inside the repo (CSV, TSV, JSONL)."
@@ -276,7 +287,9 @@ class GateConfig(Strict):
 class RegistryConfig(Strict):
     """MLflow tracking and model registry."""
 
-    tracking_uri: Name = Field("sqlite:///mlflow.db", description="Relative sqlite paths resolve next to the config.")
+    tracking_uri: Annotated[Name, AfterValidator(_no_credentials)] = Field(
+        "sqlite:///mlflow.db", description="Relative sqlite paths resolve next to the config."
+    )
     artifact_root: Name = Field(
         "mlartifacts", description="Where new experiments store artifacts with a sqlite/file store (a server decides its own)."
     )

@@ -93,7 +93,7 @@ def schedule(
         plan = ClusterLauncher().plan(cfg, "continuous-training", {})
         show_json({**plan, "recurring_run": name, "cron": cron, "max_concurrency": max_concurrency, "no_catchup": True})
         return
-    client = remote.connect(cfg, remote.bearer_token())
+    client = remote.connect(cfg, remote.bearer_token(cfg.runtime.host))
     if cron is not None:
         with remote.scratch() as folder:
             path, version = remote.compiled(cfg, "continuous-training", Path(folder))
@@ -108,7 +108,8 @@ def schedule(
                        f"max {found.max_concurrency}")
         return
     found = remote.find_recurring_run(client, cfg, name)
-    action, said = ((client.disable_recurring_run, "paused") if pause else (client.enable_recurring_run, "resumed")
-                    if resume else (client.delete_recurring_run, "deleted"))
-    remote.call(cfg, f"{said.removesuffix('d')}ing recurring run {name!r}", lambda: action(found.recurring_run_id))
+    action, verb, said = ((client.disable_recurring_run, "pausing", "paused") if pause else
+                          (client.enable_recurring_run, "resuming", "resumed") if resume else
+                          (client.delete_recurring_run, "deleting", "deleted"))
+    remote.call(cfg, f"{verb} recurring run {name!r}", lambda: action(found.recurring_run_id))
     typer.echo(f"{said} {name} ({found.recurring_run_id})")
