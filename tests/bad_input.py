@@ -23,6 +23,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import yaml
@@ -305,7 +306,7 @@ def state(root: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def ws(tmp_path_factory, tiny_model) -> dict[str, str]:
+def ws(tmp_path_factory, tiny_model) -> Iterator[dict[str, str]]:
     """A workspace whose version 1 is champion, with every bad data file committed; returns placeholders."""
     base = tmp_path_factory.mktemp("bad-input")
     root, outside = base / "ws", base / "outside"
@@ -315,11 +316,13 @@ def ws(tmp_path_factory, tiny_model) -> dict[str, str]:
     outside.mkdir()
     _commit_bad_files(root)
     _make_outside(outside, tiny_model)
-    with socket.socket() as probe:  # a loopback port with nothing listening
+    # A loopback port with nothing listening, held (bound, never listening) for the module, so that no
+    # server another test starts meanwhile can take it.
+    with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    return {"root": str(root), "outside": str(outside), "first_commit": first_commit, "port": str(port),
-            "missing": str(outside / "missing.yaml"), "nowhere": str(outside / "no-such-repo")}
+        yield {"root": str(root), "outside": str(outside), "first_commit": first_commit, "port": str(port),
+               "missing": str(outside / "missing.yaml"), "nowhere": str(outside / "no-such-repo")}
 
 
 def _commit_bad_files(root: Path) -> None:

@@ -219,12 +219,18 @@ def _merge(base: dict, override: dict) -> dict:
 
 def _checkov() -> Path:
     """checkov in its own virtualenv (its pins clash with tuneloop's), installed from the package index once."""
-    venv = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tuneloop-tools" / f"checkov-{CHECKOV_VERSION}"
-    binary = venv / "bin" / "checkov"
-    if not binary.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", f"checkov=={CHECKOV_VERSION}"], check=True,
-                       capture_output=True)
+    import fcntl
+
+    tools = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tuneloop-tools"
+    venv, binary = tools / f"checkov-{CHECKOV_VERSION}", tools / f"checkov-{CHECKOV_VERSION}" / "bin" / "checkov"
+    tools.mkdir(parents=True, exist_ok=True)
+    with open(tools / "install.lock", "w") as lock:  # one installer at a time; the others wait and reuse it
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not binary.exists():
+            subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+            done = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", f"checkov=={CHECKOV_VERSION}"],
+                                  capture_output=True, text=True)
+            assert done.returncode == 0, f"installing checkov failed: {done.stderr[-2000:]}"
     return binary
 
 
@@ -243,6 +249,7 @@ def test_checkov_finds_nothing_and_every_suppression_says_why(tmp_path):
                     assert re.fullmatch(r"CKV2?_K8S_\d+", check) and len(why.split()) >= 6, (doc["metadata"]["name"], reason)
     done = subprocess.run([str(_checkov()), "-d", str(tmp_path), "--framework", "kubernetes", "-o", "json", "--compact",
                            "--skip-download"], capture_output=True, text=True)
+    assert done.returncode in (0, 1) and done.stdout.startswith(("{", "[")), done.stderr[-2000:]
     report = json.loads(done.stdout)
     results = (report if isinstance(report, dict) else report[0])["results"]
     assert [(c["check_id"], c["resource"]) for c in results["failed_checks"]] == []
