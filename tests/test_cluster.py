@@ -155,23 +155,14 @@ def test_the_local_runner_gets_bare_tasks():
      "runtime.kubernetes.secrets sets ['TOKEN'] from more than one Secret; keep one"),
     ({"steps": {"train_adapter": {"memory": "8GB"}}}, "must be a Kubernetes quantity such as 500m, 2, 512Mi or 8Gi"),
     ({"steps": {"train_adapter": {"timeout": "30s"}}}, "must be from 1m to 7d"),
-])
-def test_bad_kubernetes_settings_are_refused_naming_the_key(tmp_path, kubernetes, message):
-    path = tmp_path / "tuneloop.yaml"
-    path.write_text(yaml.safe_dump({"runtime": {"kubernetes": kubernetes}}))
-    with pytest.raises(ConfigError) as refused:
-        load_config(path)
-    assert message in str(refused.value)
-
-
-@pytest.mark.parametrize("kubernetes,message", [
+    # a request over its limit, after the layers merge
     ({"steps": {"evaluate_candidate": {"memory": "16Gi"}}},
      "runtime.kubernetes: evaluate_candidate would request memory 16Gi over its limit 8Gi; "
      "raise runtime.kubernetes.steps.evaluate_candidate.memory_limit"),
     ({"steps": {"train_adapter": {"cpu": "2", "cpu_limit": "1500m"}}},
      "runtime.kubernetes: train_adapter would request cpu 2 over its limit 1500m"),
 ])
-def test_a_request_over_its_limit_is_refused(tmp_path, kubernetes, message):
+def test_bad_kubernetes_settings_are_refused_naming_the_key(tmp_path, kubernetes, message):
     path = tmp_path / "tuneloop.yaml"
     path.write_text(yaml.safe_dump({"runtime": {"kubernetes": kubernetes}}))
     with pytest.raises(ConfigError) as refused:
