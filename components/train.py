@@ -15,7 +15,7 @@ def train_adapter(config: str, snapshot: Input[Dataset], trained: Output[Model])
     start_step()
     cfg = config_from_json(config)
     if cfg.train.distributed.backend == "kubeflow_trainer":
-        from tuneloop.pipelines.trainjob import train_on_trainer
+        from tuneloop.components.trainjob import train_on_trainer
 
         result = train_on_trainer(cfg, Path(snapshot.path), Path(trained.path))
     else:

@@ -19,7 +19,7 @@ from tuneloop import cycle, data
 from tuneloop.cluster import DistributedConfig, KubernetesConfig
 from tuneloop.config import Config, ConfigError, RuntimeConfig, load_config, parse_config
 from tuneloop.errors import TrainingError
-from tuneloop.pipelines import trainjob
+from tuneloop.components import trainjob
 
 PATH = f"/apis/{trainjob.GROUP}/{trainjob.VERSION}/namespaces/team-a/{trainjob.PLURAL}"
 JOB = re.compile(rf"^{PATH}/tuneloop-train-[\w-]+$")

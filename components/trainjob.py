@@ -1,5 +1,5 @@
-"""Training on Kubeflow Trainer: the train step hands its job to a TrainJob, waits for it, and collects
-what it wrote.
+"""The train step's other way to train (not a component): hand the job to Kubeflow Trainer as a
+TrainJob, wait for it, and collect what it wrote.
 
 The TrainJob runs `torchrun -m tuneloop.cli train` on `nodes` pods of `gpus_per_node` processes
 (torchrun reads the node count, rank and rendezvous from the PET_* variables the torch runtime
