@@ -20,7 +20,9 @@ from tests.conftest import emotion_rows
 from tuneloop import modeling, registry, synthetic, workspace
 from tuneloop.config import load_config
 
-pytestmark = pytest.mark.slow
+# Three full pipeline runs of MiniLM on one 2-core CPU: 5 min on one day, 11 on another; the per-test
+# limit guards against a hang, not a slow machine.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
 CONFIG = """\
 data:

@@ -19,7 +19,7 @@ from tests.conftest import dialogsum_rows, save_tiny_t5
 from tuneloop import cycle, data, evaluation, registry, workspace
 from tuneloop.config import QuantizationConfig, load_config
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]  # two pipeline runs on 2 cores: a hang guard, not a speed bound
 
 CONFIG = """\
 data:
