@@ -6,7 +6,6 @@ The CLI and, later, the monitor call `launcher_for(cfg).run(...)` and never care
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import os
@@ -186,9 +185,7 @@ class ClusterLauncher:
         """What a submission would send, sending nothing (`--dry-run`)."""
         from tuneloop.pipelines import remote
 
-        with remote.scratch() as folder:
-            path, version = remote.compiled(cfg, name, Path(folder))
-            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        version, digest = remote.describe(cfg, name)
         config = cfg.to_json()
         return {"endpoint": cfg.runtime.host, "namespace": cfg.runtime.namespace, "pipeline": name, "version": version,
                 "ir_sha256": digest, "image": cfg.runtime.image, "experiment": cfg.registry.experiment,
@@ -200,9 +197,7 @@ class ClusterLauncher:
         from tuneloop.pipelines import remote
 
         client = remote.connect(cfg, remote.bearer_token(cfg.runtime.host))
-        with remote.scratch() as folder:
-            path, version = remote.compiled(cfg, name, Path(folder))
-            uploaded = remote.upload(client, cfg, name, path, version)
+        uploaded = remote.publish(client, cfg, name)
         run_name = remote.run_name(name)
         arguments = {"config": cfg.to_json(), **parameters}
         if name == "continuous-training":

@@ -119,13 +119,28 @@ def _answered(cfg: Config, status: int, reason: str, message: str, what: str) ->
     return PipelineError(f"KFP at {cfg.runtime.host} answered {said} to {what}; {fix}")
 
 
-def compiled(cfg: Config, name: str, folder: Path) -> tuple[Path, str]:
-    """Compile pipeline `name` for cfg into `folder`; return the file and its version name, which the
-    compiled IR's digest makes: the same pipeline for the same settings is one version, however often sent."""
+def _compiled(cfg: Config, name: str, folder: Path) -> tuple[Path, str, str]:
+    """Compile pipeline `name` for cfg into `folder`; return the file, its version name and its sha256.
+    The IR's digest names the version: the same pipeline for the same settings is one version, however often sent."""
     from tuneloop.pipelines.launcher import compile_pipeline
 
     path = compile_pipeline(folder / f"{name}.yaml", cfg, name)
-    return path, f"{name}-{hashlib.sha256(path.read_bytes()).hexdigest()[:12]}"
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    return path, f"{name}-{digest[:12]}", digest
+
+
+def describe(cfg: Config, name: str) -> tuple[str, str]:
+    """The version name and IR sha256 that `publish` would upload (for --dry-run)."""
+    with tempfile.TemporaryDirectory(prefix="tuneloop-ir-") as folder:
+        _, version, digest = _compiled(cfg, name, Path(folder))
+    return version, digest
+
+
+def publish(client: Any, cfg: Config, name: str) -> Uploaded:
+    """Compile pipeline `name` for cfg and make it a version of the pipeline of that name on the endpoint."""
+    with tempfile.TemporaryDirectory(prefix="tuneloop-ir-") as folder:
+        path, version, _ = _compiled(cfg, name, Path(folder))
+        return upload(client, cfg, name, path, version)
 
 
 def _by_name(name: str) -> str:
@@ -237,8 +252,3 @@ def find_recurring_run(client: Any, cfg: Config, name: str) -> Any:
     names = ", ".join(sorted(r.display_name for r in runs)) or "none"
     raise PipelineError(f"no recurring run named {name!r} in experiment {cfg.registry.experiment!r} (there: {names}); "
                         "see `tuneloop pipeline schedule --list`")
-
-
-def scratch() -> tempfile.TemporaryDirectory:
-    """A folder for the compiled IR, removed after upload."""
-    return tempfile.TemporaryDirectory(prefix="tuneloop-ir-")

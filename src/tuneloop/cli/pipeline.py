@@ -95,9 +95,7 @@ def schedule(
         return
     client = remote.connect(cfg, remote.bearer_token(cfg.runtime.host))
     if cron is not None:
-        with remote.scratch() as folder:
-            path, version = remote.compiled(cfg, "continuous-training", Path(folder))
-            uploaded = remote.upload(client, cfg, "continuous-training", path, version)
+        uploaded = remote.publish(client, cfg, "continuous-training")
         made = remote.schedule(client, cfg, uploaded, name, cron, max_concurrency)
         typer.echo(f"scheduled {name} ({made}) on {cron!r}, at most {max_concurrency} at once, no catch-up")
         return
