@@ -32,6 +32,7 @@ import shutil
 import signal
 import socket
 import sqlite3
+import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -968,3 +969,60 @@ def tick_history(cfg: RegistryConfig, experiment: str, since: datetime) -> list[
         )
     ticks = [{key: run.data.tags.get(f"{TAG}{key}", "") for key in TICK_TAGS} | {"run_id": run.info.run_id} for run in runs]
     return [tick for tick in ticks if tick["model"] == cfg.model_name]
+
+
+SWEEP_REPORT = "sweep/sweep.json"
+
+
+def record_sweep(cfg: RegistryConfig, name: str, files: dict[str, Path], metrics: dict[str, float], params: dict[str, str]) -> str:
+    """Record a sweep's report as a finished run of the experiment `<registry.experiment>-sweeps`; return its id.
+
+    Args:
+        name: the sweep's name (the run's name).
+        files: the report's files (sweep.json, report.md, report.html, the plots), logged under sweep/.
+        metrics: per-cell figures to chart (`<cell>.<figure>`).
+        params: what the sweep compared (its axes, the reference, the metric).
+    """
+    with _translated(cfg):
+        client = _writer(cfg)
+        experiment = f"{cfg.experiment}-sweeps"
+        experiment_id, _ = _experiment_id(client, cfg, experiment, folder=experiment)
+        run_id = client.create_run(experiment_id, run_name=name, tags={f"{TAG}sweep": name}).info.run_id
+        try:
+            for path in files.values():
+                client.log_artifact(run_id, str(path), "sweep")
+            client.log_batch(run_id, metrics=_metric_list(metrics),
+                             params=[_param(key, value) for key, value in params.items()])
+        except BaseException:
+            with contextlib.suppress(Exception):
+                client.set_terminated(run_id, "FAILED")
+            raise
+        client.set_terminated(run_id)
+    return run_id
+
+
+def _param(key: str, value: str) -> Any:
+    from mlflow.entities import Param
+
+    return Param(key, str(value)[:6000])
+
+
+def sweep_report(cfg: RegistryConfig, run_id: str) -> dict:
+    """The report (sweep.json) of a sweep's run.
+
+    Raises:
+        RegistryError: when the run does not exist or holds no sweep report.
+    """
+    client = _reader(cfg)
+    if client is None:
+        raise RegistryError(f"no registry at {cfg.tracking_uri} yet, so no sweep run {run_id!r}; run `tuneloop sweep` first")
+    with _translated(cfg), tempfile.TemporaryDirectory() as scratch:
+        try:
+            run = client.get_run(run_id)
+        except Exception as exc:  # noqa: BLE001 (mlflow raises its own class for a missing run)
+            raise RegistryError(f"no sweep run {run_id!r} in {cfg.tracking_uri} ({store.one_line(exc)}); pass the run id "
+                                "`tuneloop sweep` printed, or the report's folder") from exc
+        if f"{TAG}sweep" not in run.data.tags:
+            raise RegistryError(f"run {run_id} is not a sweep's run; pass the run id `tuneloop sweep` printed")
+        local = client.download_artifacts(run_id, SWEEP_REPORT, scratch)
+        return json.loads(Path(local).read_text())
