@@ -369,6 +369,65 @@ def train(frame: pd.DataFrame, cfg: Config, out_dir: Path) -> TrainResult:
     return result
 
 
+def warmup(frame: pd.DataFrame, cfg: Config, steps: int) -> dict[str, float]:
+    """Time the first `steps` optimizer steps of a run (the same build, batches and step as `train`),
+    one dev batch and one checkpoint save, saving nothing: what `tuneloop estimate` extrapolates from.
+
+    Returns:
+        build_seconds (model load and adapter), seconds_per_step (the mean of the steps after the
+        first, which pays one-off costs), dev_seconds_per_row, save_seconds, trainable and total
+        parameters, and the run's optimizer steps per epoch and dev rows.
+    """
+    import tempfile
+
+    started = time.perf_counter()
+    seed_everything(cfg.train.seed)
+    accelerator = _accelerator(cfg)
+    device = str(accelerator.device)
+    labels = [] if tasks.get(cfg.model.task).generative else sorted(frame["label"].unique())
+    fit, dev = _dev_split(frame, cfg.train.dev_fraction, cfg.train.seed)
+    per_epoch = math.ceil(math.ceil(len(fit) / cfg.train.batch_size) / cfg.train.gradient_accumulation)
+    model, tokenizer, meta = _build(cfg, labels, device, per_epoch * cfg.train.epochs)
+    build = time.perf_counter() - started
+    trainable, total = modeling.parameter_counts(model)
+    optimizer, schedule = _optimizer(model, cfg, per_epoch * cfg.train.epochs)
+    loader = _loader(tokenizer, fit, labels, cfg)
+    model, optimizer, loader, schedule = accelerator.prepare(model, optimizer, loader, schedule)
+    plain = accelerator.unwrap_model(model)
+    model.train()
+    times, step, tick = [], 0, time.perf_counter()
+    for batch in loader:
+        with accelerator.accumulate(model):
+            loss = model(**batch).loss
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and cfg.train.max_grad_norm:
+                accelerator.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+        if not accelerator.sync_gradients:
+            continue
+        step += 1
+        now = time.perf_counter()
+        times.append(now - tick)
+        tick = now
+        if step >= steps:
+            break
+    paid = times[1:] or times  # the first step also pays one-off allocations
+    sample = dev.iloc[:cfg.train.eval_batch_size]
+    tick = time.perf_counter()
+    _evaluate_dev(plain, tokenizer, sample, _targets(sample, labels), cfg, device)
+    dev_per_row = (time.perf_counter() - tick) / len(sample)
+    with tempfile.TemporaryDirectory() as scratch:
+        tick = time.perf_counter()
+        modeling.save_adapter(plain, Path(scratch) / "adapter", meta)
+        save = time.perf_counter() - tick
+    del model, optimizer, plain
+    return {"build_seconds": build, "seconds_per_step": sum(paid) / len(paid), "dev_seconds_per_row": dev_per_row,
+            "save_seconds": save, "trainable_params": trainable, "total_params": total,
+            "steps_per_epoch": per_epoch, "dev_rows": len(dev), "timed_steps": len(times)}
+
+
 def trainable_digest(model: Any) -> str:
     """A sha256 of the trainable weights, by name and value (equal on every rank of a healthy DDP run)."""
     import hashlib
