@@ -89,13 +89,19 @@ class LocalLauncher:
         return RunResult(run_id=run_id, state="SUCCEEDED", version=outcome["version"],
                          decision=outcome["decision"], log_path=str(log_path))
 
+    def sweep(self, cfg: Config, arguments: dict[str, object], parallelism: int = 1) -> dict:
+        """Run a sweep to completion (`arguments`: the sweep pipeline's); return its {"run_id", "folder", "failed"}."""
+        run_id, output, log_path = self._run(build_pipeline("sweep", cfg, cluster=False, parallelism=parallelism), "sweep",
+                                             config=cfg.to_json(), **arguments)
+        return {**json.loads(output), "log": str(log_path), "pipeline_run": run_id}
+
     def monitor(self, cfg: Config, log_path: str) -> RunResult:
         """Run one monitoring tick to completion; `action` is what the policy decided."""
         run_id, action, log_file = self._run(build_pipeline("monitor", cfg, cluster=False), "monitor", config=cfg.to_json(),
                                              log_path=log_path)
         return RunResult(run_id=run_id, state="SUCCEEDED", action=action, log_path=str(log_file))
 
-    def _run(self, pipeline: Callable, prefix: str, **arguments: str) -> tuple[str, str, Path]:
+    def _run(self, pipeline: Callable, prefix: str, **arguments: object) -> tuple[str, str, Path]:
         """Run a pipeline in this process's kfp.local runner; return its run id, output and step log."""
         from kfp import local
 
@@ -181,6 +187,11 @@ class ClusterLauncher:
         """Submit one monitoring tick (`log_path` as the pods see it)."""
         return self._submit(cfg, "monitor", {"log_path": log_path})
 
+    def sweep(self, cfg: Config, arguments: dict[str, object], parallelism: int = 1) -> dict:
+        """Submit a sweep (`arguments`: the sweep pipeline's); with `wait`, follow it to its end."""
+        result = self._submit(cfg, "sweep", arguments, parallelism)
+        return {"pipeline_run": result.run_id, "state": result.state, "run_name": result.log_path}
+
     def plan(self, cfg: Config, name: str, parameters: dict[str, str]) -> dict:
         """What a submission would send, sending nothing (`--dry-run`)."""
         from tuneloop.pipelines import remote
@@ -192,12 +203,12 @@ class ClusterLauncher:
                 "run": remote.run_name(name),
                 "parameters": {**parameters, "config": f"<the validated config as JSON, {len(config)} characters>"}}
 
-    def _submit(self, cfg: Config, name: str, parameters: dict[str, str]) -> RunResult:
+    def _submit(self, cfg: Config, name: str, parameters: dict[str, object], parallelism: int = 1) -> RunResult:
         from tuneloop import registry
         from tuneloop.pipelines import remote
 
         client = remote.connect(cfg, remote.bearer_token(cfg.runtime.host))
-        uploaded = remote.publish(client, cfg, name)
+        uploaded = remote.publish(client, cfg, name, parallelism)
         run_name = remote.run_name(name)
         arguments = {"config": cfg.to_json(), **parameters}
         if name == "continuous-training":
@@ -253,12 +264,12 @@ def check_cluster_config(cfg: Config, probe: bool = True) -> None:
         raise PipelineError(f"runtime.host {cfg.runtime.host!r} does not answer ({exc}); check the KFP endpoint and your network") from exc
 
 
-PIPELINES = ("continuous-training", "monitor")
+PIPELINES = ("continuous-training", "monitor", "sweep")
 
 
-def build_pipeline(name: str, cfg: Config, cluster: bool = True) -> Callable:
+def build_pipeline(name: str, cfg: Config, cluster: bool = True, parallelism: int = 1) -> Callable:
     """The pipeline called `name`, its steps in `runtime.image` and, for a cluster, with the pod
-    settings of `runtime.kubernetes`.
+    settings of `runtime.kubernetes` (`parallelism`: the sweep's cells at once).
 
     Raises:
         ConfigError: for a name that is not one of PIPELINES.
@@ -266,18 +277,19 @@ def build_pipeline(name: str, cfg: Config, cluster: bool = True) -> Callable:
     from tuneloop.pipelines.continuous_training import continuous_training
     from tuneloop.pipelines.monitor import monitor
     from tuneloop.pipelines.steps import Steps
+    from tuneloop.pipelines.sweep import sweep
 
-    builders = dict(zip(PIPELINES, (continuous_training, monitor)))
+    builders = dict(zip(PIPELINES, (continuous_training, monitor, lambda step: sweep(step, parallelism))))
     if name not in builders:
         raise ConfigError(f"no pipeline named {name!r}; choose one of {', '.join(PIPELINES)}")
     return builders[name](Steps(cfg.runtime, cluster))
 
 
-def compile_pipeline(path: Path, cfg: Config, name: str = "continuous-training") -> Path:
-    """Compile a pipeline (continuous-training or monitor) for `cfg`'s cluster settings to KFP IR YAML at `path`."""
+def compile_pipeline(path: Path, cfg: Config, name: str = "continuous-training", parallelism: int = 1) -> Path:
+    """Compile a pipeline (continuous-training, monitor or sweep) for `cfg`'s cluster settings to KFP IR YAML at `path`."""
     from kfp import compiler
 
-    pipeline = build_pipeline(name, cfg)
+    pipeline = build_pipeline(name, cfg, parallelism=parallelism)
     path.parent.mkdir(parents=True, exist_ok=True)
     compiler.Compiler().compile(pipeline, str(path))
     return path

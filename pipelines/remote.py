@@ -119,27 +119,28 @@ def _answered(cfg: Config, status: int, reason: str, message: str, what: str) ->
     return PipelineError(f"KFP at {cfg.runtime.host} answered {said} to {what}; {fix}")
 
 
-def _compiled(cfg: Config, name: str, folder: Path) -> tuple[Path, str, str]:
+def _compiled(cfg: Config, name: str, folder: Path, parallelism: int = 1) -> tuple[Path, str, str]:
     """Compile pipeline `name` for cfg into `folder`; return the file, its version name and its sha256.
     The IR's digest names the version: the same pipeline for the same settings is one version, however often sent."""
     from tuneloop.pipelines.launcher import compile_pipeline
 
-    path = compile_pipeline(folder / f"{name}.yaml", cfg, name)
+    path = compile_pipeline(folder / f"{name}.yaml", cfg, name, parallelism)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     return path, f"{name}-{digest[:12]}", digest
 
 
-def describe(cfg: Config, name: str) -> tuple[str, str]:
+def describe(cfg: Config, name: str, parallelism: int = 1) -> tuple[str, str]:
     """The version name and IR sha256 that `publish` would upload (for --dry-run)."""
     with tempfile.TemporaryDirectory(prefix="tuneloop-ir-") as folder:
-        _, version, digest = _compiled(cfg, name, Path(folder))
+        _, version, digest = _compiled(cfg, name, Path(folder), parallelism)
     return version, digest
 
 
-def publish(client: Any, cfg: Config, name: str) -> Uploaded:
-    """Compile pipeline `name` for cfg and make it a version of the pipeline of that name on the endpoint."""
+def publish(client: Any, cfg: Config, name: str, parallelism: int = 1) -> Uploaded:
+    """Compile pipeline `name` for cfg and make it a version of the pipeline of that name on the endpoint
+    (`parallelism`: a sweep's cells at once)."""
     with tempfile.TemporaryDirectory(prefix="tuneloop-ir-") as folder:
-        path, version, _ = _compiled(cfg, name, Path(folder))
+        path, version, _ = _compiled(cfg, name, Path(folder), parallelism)
         return upload(client, cfg, name, path, version)
 
 

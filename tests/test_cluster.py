@@ -39,6 +39,7 @@ SETTINGS = {
 CT_STEPS = ["validate_data", "train_adapter", "evaluate_candidate", "gate_candidate", "promote_candidate", "reject_candidate"]
 MONITOR_STEPS = CT_STEPS + ["measure_traffic", "decide_action", "prepare_retrain_data", "rollback_champion",
                             "note_retrain_outcome"]
+SWEEP_STEPS = ["validate_data", "sweep_cell", "sweep_report"]
 # Expected per step: (cpu request, memory request, memory limit, gpus, timeout seconds, retries)
 EXPECTED = {
     "validate_data": ("500m", "2Gi", "8Gi", 0, 21600, 2),
@@ -52,6 +53,8 @@ EXPECTED = {
     "prepare_retrain_data": ("500m", "2Gi", "8Gi", 0, 21600, 0),
     "rollback_champion": ("500m", "2Gi", "8Gi", 0, 21600, 0),
     "note_retrain_outcome": ("500m", "2Gi", "8Gi", 0, 21600, 0),
+    "sweep_cell": ("2", "8Gi", "16Gi", 0, 86400, 1),
+    "sweep_report": ("500m", "2Gi", "8Gi", 0, 21600, 0),
 }
 
 
@@ -61,10 +64,11 @@ def compiled(tmp_path_factory, name: str) -> tuple[dict, dict]:
     return spec, platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
 
 
-@pytest.fixture(scope="module", params=["continuous-training", "monitor"])
+@pytest.fixture(scope="module", params=["continuous-training", "monitor", "sweep"])
 def ir(request, tmp_path_factory) -> tuple[list[str], dict, dict]:
     spec, platform = compiled(tmp_path_factory, request.param)
-    return (CT_STEPS if request.param == "continuous-training" else MONITOR_STEPS), spec, platform
+    steps = {"continuous-training": CT_STEPS, "monitor": MONITOR_STEPS, "sweep": SWEEP_STEPS}[request.param]
+    return steps, spec, platform
 
 
 def tasks_by_component(spec: dict) -> dict[str, dict]:
@@ -78,9 +82,9 @@ def tasks_by_component(spec: dict) -> dict[str, dict]:
     return found
 
 
-def test_the_config_names_exactly_the_steps_of_both_pipelines(tmp_path_factory):
-    spec, _ = compiled(tmp_path_factory, "monitor")
-    assert sorted(tasks_by_component(spec)) == sorted(cluster.STEPS) == sorted(MONITOR_STEPS)
+def test_the_config_names_exactly_the_steps_of_the_pipelines(tmp_path_factory):
+    found = {name for pipeline in ("monitor", "sweep") for name in tasks_by_component(compiled(tmp_path_factory, pipeline)[0])}
+    assert sorted(found) == sorted(cluster.STEPS) == sorted(set(MONITOR_STEPS + SWEEP_STEPS))
 
 
 def test_every_step_gets_its_resources_and_accelerators(ir):
@@ -106,7 +110,8 @@ def test_only_the_steps_that_read_retry_and_they_back_off(ir):
                               "backoffMaxDuration": "3600s"}, step
         else:
             assert policy is None, step
-    assert "retryPolicy" not in tasks["promote_candidate"] and "retryPolicy" not in tasks["reject_candidate"]
+    writers = {"promote_candidate", "reject_candidate", "sweep_report"} & set(steps)
+    assert writers and all("retryPolicy" not in tasks[step] for step in writers)
 
 
 def test_every_pod_gets_the_volume_secrets_placement_pull_settings_and_timeout(ir):

@@ -177,7 +177,7 @@ def test_the_drift_report_is_an_html_artifact(monitor_ir):
 def test_an_unknown_pipeline_name_is_refused(tmp_path):
     from tuneloop.errors import ConfigError
 
-    with pytest.raises(ConfigError, match=r"^no pipeline named 'watch'; choose one of continuous-training, monitor$"):
+    with pytest.raises(ConfigError, match=r"^no pipeline named 'watch'; choose one of continuous-training, monitor, sweep$"):
         compile_pipeline(tmp_path / "x.yaml", CFG, "watch")
 
 

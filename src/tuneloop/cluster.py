@@ -17,10 +17,10 @@ from tuneloop.fields import Name, Strict, duration
 # The steps of both pipelines, by component name (tests check this against the components).
 STEPS = ("validate_data", "train_adapter", "evaluate_candidate", "gate_candidate", "promote_candidate",
          "reject_candidate", "measure_traffic", "decide_action", "prepare_retrain_data", "rollback_champion",
-         "note_retrain_outcome")
+         "note_retrain_outcome", "sweep_cell", "sweep_report")
 # Steps that read and compute only; every other step writes to the registry or the data repo, and
 # running it twice could register a version twice, commit data twice or move an alias twice.
-RETRYABLE = ("validate_data", "train_adapter", "evaluate_candidate", "gate_candidate", "measure_traffic")
+RETRYABLE = ("validate_data", "train_adapter", "evaluate_candidate", "gate_candidate", "measure_traffic", "sweep_cell")
 Step = Literal[STEPS]  # type: ignore[valid-type]
 
 
@@ -91,6 +91,7 @@ DEFAULT_STEPS = {
     "evaluate_candidate": StepSettings(cpu="2", memory="4Gi", retries=2),
     "gate_candidate": StepSettings(retries=2),
     "measure_traffic": StepSettings(cpu="1", memory="4Gi", retries=2),
+    "sweep_cell": StepSettings(cpu="2", memory="8Gi", memory_limit="16Gi", timeout="24h", retries=1),
 }
 
 

@@ -99,6 +99,41 @@ def run(
     typer.echo(f"version {result.version}: gate {verdict}: " + "; ".join(result.decision["reasons"]))
 
 
+@app.command("sweep")
+def sweep(
+    target: str = typer.Argument(..., metavar="CONFIG | show", help="A sweep file (a config with a `sweep:` section), or `show`."),
+    run: Optional[str] = typer.Argument(None, metavar="[RUN]", help="With show: the sweep's MLflow run id, or its report folder."),
+    rev: Optional[str] = typer.Option(None, "--rev", help="Data revision every cell trains on (default: data.rev)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Validate and estimate every cell, start none."),
+    wait: bool = typer.Option(False, "--wait", help="On a cluster, wait for the sweep to finish."),
+    config: Optional[Path] = typer.Option(None, "--config", help="With show: " + CONFIG_HELP),
+    as_json: bool = typer.Option(False, "--json", help="With show: the whole report as JSON."),
+) -> None:
+    """Run a method x quantization x hyperparameter sweep and print its comparison table; `sweep show RUN` re-prints one."""
+    from tuneloop.cli import sweep as sweep_cli
+
+    if target == "show":
+        if run is None:
+            raise ConfigError("`tuneloop sweep show` needs the sweep's MLflow run id (printed by `tuneloop sweep`) or its report folder")
+        sweep_cli.show(run, config, as_json)
+        return
+    if run is not None:
+        raise ConfigError(f"unexpected argument {run!r}; run a sweep with `tuneloop sweep FILE`, or show one with `tuneloop sweep show RUN`")
+    sweep_cli.run_sweep(Path(target), rev, dry_run, _OPTIONS["verbose"], wait)
+
+
+@app.command("estimate")
+def estimate(
+    config: Path = typer.Argument(..., help="A config or a sweep file."),
+    rev: Optional[str] = typer.Option(None, "--rev", help="Data revision to estimate on (default: data.rev)."),
+    steps: int = typer.Option(5, "--steps", min=0, help="Warm-up optimizer steps timed per cell; 0: memory only."),
+) -> None:
+    """Predict each run's (or sweep cell's) peak memory and wall time before it starts."""
+    from tuneloop.cli import sweep as sweep_cli
+
+    sweep_cli.estimate(config, rev, steps, _OPTIONS["verbose"])
+
+
 @app.command("demo")
 def demo(
     directory: Path = typer.Option(Path("tuneloop-demo"), "--dir", help="Workspace folder to create."),
