@@ -27,7 +27,7 @@ def sweep(step: Steps, parallelism: int = 1) -> GraphComponent:
         validated = step(validate_data, config=config, data_rev=data_rev)
         with dsl.ParallelFor(cells, parallelism=parallelism) as cell:
             ran = step(sweep_cell, cell=cell, snapshot=validated.outputs["snapshot"], cache_dir=cache_dir)
-        reported = step(sweep_report, config=config, name=name, axes=axes, results=dsl.Collected(ran.outputs["Output"]))
+        reported = step(sweep_report, config=config, name=name, axes=axes, results=dsl.Collected(ran.outputs["result"]))
         return reported.outputs["Output"]
 
     return pipeline

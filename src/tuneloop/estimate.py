@@ -33,10 +33,15 @@ log = logging.getLogger(__name__)
 
 MB = 2**20
 ADAM_BYTES = 4 + 8  # a gradient and AdamW's two moments per trainable weight, in fp32
-# Bytes of saved activations per (row x token x hidden unit) and per (row x head x token^2), per
-# layer, in fp32; fitted on the benchmark machine (bench/README.md).
-HIDDEN_BYTES = 70.0
-ATTENTION_BYTES = 12.0
+# Bytes of resident memory the training step adds per (row x token x hidden unit) and per
+# (row x head x token^2), per layer, in fp32: the activations autograd keeps, and what the allocator
+# holds on to around them. Fitted on MiniLM cells of the emotion sweep on the benchmark machine
+# (bench/README.md), where they came to about twice the saved tensors alone.
+HIDDEN_BYTES = 140.0
+ATTENTION_BYTES = 24.0
+# bitsandbytes' CPU path dequantizes each layer's weights for every matmul and keeps its own copies
+# of the inputs for the backward pass: a quantized base's activations cost this much more.
+QUANTIZED_ACTIVATIONS = 1.3
 FILE_RESIDENT = 1.0  # share of the weights file's mapped pages still resident at the peak
 BITS_PER_STORED = {0: 32, 4: 4.5, 8: 8}  # 4-bit with its block scales
 
@@ -148,6 +153,8 @@ def memory(cfg: Config, frame: pd.DataFrame, baseline: float, device: str = "cpu
         weights += linear * 4 / MB * 0.5
     state = trainable * ADAM_BYTES / MB
     scale = 0.6 if cfg.train.precision != "fp32" else 1.0
+    if cfg.quantization.bits and not device.startswith("cuda"):
+        scale *= QUANTIZED_ACTIVATIONS
     activations = scale * layers * rows * seq * (hidden * HIDDEN_BYTES + heads * seq * ATTENTION_BYTES) / MB
     folder = modeling.resolve_base(cfg.model.base)
     on_disk = sum(f.stat().st_size for f in folder.iterdir() if f.suffix == ".safetensors") / MB

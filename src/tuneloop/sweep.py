@@ -39,7 +39,8 @@ log = logging.getLogger(__name__)
 SHORTHANDS = {"method": "method.name", "quantization": "quantization.bits"}
 LABELS = {"method.name": "method", "quantization.bits": "bits"}
 CACHE_FORMAT = 1
-RESULT_FILE = "cell.json"
+RESULT_FILE = "cell.json"  # what the cell's child measured (and, in the cache, the whole result)
+RESULT_OUTPUT = "result.json"  # the cell step's whole result, for the report step
 REFERENCE = {"method.name": "full", "quantization.bits": 0, "train.learning_rate": None}
 
 
@@ -235,7 +236,10 @@ def parse_sweep(data: Any, root: Path | None = None) -> Sweep:
         cell = _cell(base, settings, name, reference, root, axes)
         digest = cell.config.digest()
         if digest in seen:  # e.g. method.r on a method without a rank: the same cell twice
-            log.info("sweep cell %s is the same training as %s; run once", cell.name, seen[digest])
+            if cell.name == seen[digest]:
+                log.info("sweep cell %s comes up more than once (an axis its method does not take); it runs once", cell.name)
+            else:
+                log.info("sweep cell %s is the same training as %s; it runs once", cell.name, seen[digest])
             continue
         seen[digest] = cell.name
         cells.append(cell)

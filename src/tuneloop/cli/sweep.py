@@ -11,7 +11,7 @@ from typing import Optional
 import typer
 
 from tuneloop import sweep as sweeps
-from tuneloop.cli.context import CONFIG_HELP, config_for
+from tuneloop.cli.context import config_for, resolve_config_path
 from tuneloop.cli.output import show_json
 from tuneloop.errors import ConfigError, DataError
 from tuneloop.progress import quiet
@@ -114,7 +114,7 @@ def show(run: str, config: Optional[Path], as_json: bool) -> None:
         except (OSError, ValueError) as exc:
             raise DataError(f"{file} is not a sweep report ({exc}); pass a sweep's MLflow run id or its report folder") from exc
     else:
-        report = registry.sweep_report(config_for(config).registry, run)
+        report = registry.sweep_report(_load(resolve_config_path(config)).base.registry, run)
     if as_json:
         show_json(report)
     else:
