@@ -8,7 +8,7 @@ test_sweep_pipeline.py.
 from __future__ import annotations
 
 import json
-import signal
+import re
 import sys
 from pathlib import Path
 
@@ -76,6 +76,19 @@ def test_shorthands_and_nested_keys(tiny_model):
      "quantization.bits 0, or use a method that can (adalora, dora, ia3, loftq, lora, p_tuning, prefix_tuning, "
      "prompt_tuning, rslora)"),
     ({"axes": {"method": []}}, "sweep axis method has no values; list at least one or remove the axis"),
+    ({"axes": {"data.max_train_rows": [100, 200]}},
+     "sweep axis data.max_train_rows is not a key a sweep can vary: data is the same for every cell (one snapshot, one "
+     "gate, one runtime); vary keys of model, method, quantization, generation, train; use a dotted config key such as "
+     "method.r or train.learning_rate"),
+    ({"axes": {"model.task": ["seq2seq"]}},
+     "sweep axis model.task is not a key a sweep can vary: it is the same for every cell (every cell reads the same "
+     "data, whose columns the task names); use a dotted config key such as method.r or train.learning_rate"),
+    ({"axes": {"method": ["lora"]}, "cells": [{"name": "p", "method": "prompt_tuning", "method.r": 8}]},
+     "sweep cell p sets method.r, which method prompt_tuning does not have; remove it or change the cell's method"),
+    ({"cells": [{"name": 8, "method": "ia3"}]},
+     "sweep cell 1: name 8 must be a non-empty text; quote it, e.g. name: \"r8\""),
+    ({"cells": [{"quantization": 4, "quantization.bits": 8}]},
+     "sweep cell 1 sets a key twice (once by its short name): quantization, quantization.bits; keep one"),
     ({}, "the sweep has no cells: sweep.axes and sweep.cells are both empty; list an axis (e.g. `method: [lora, ia3]`) "
          "or a cell"),
     ({"axes": {"method": ["lora"]}, "parallelism": 0},
@@ -107,9 +120,12 @@ def test_a_cell_over_the_memory_limit_is_refused_before_any_cell_starts(workspac
     done = cli("sweep", str(sweep_file), "--config", str(workspace))
     assert done.returncode == 1
     line = done.stderr.splitlines()[-1]
-    assert line.startswith("error: ConfigError: sweep cell full (reference) would need ~"), line
-    assert line.endswith(" over the 50 MB limit; lower train.batch_size or model.max_length, quantize the base, or "
-                         "raise sweep.memory_limit_mb"), line
+    # Both cells, in one line, before any warm-up built a model.
+    assert re.fullmatch(
+        r"error: ConfigError: full \(reference\) ~[\d,]+ MB; method=lora ~[\d,]+ MB: over the 50 MB limit "
+        r"\(sweep\.memory_limit_mb\); lower train\.batch_size or model\.max_length, quantize the base, leave those "
+        r"cells out \(the full fine-tuning reference: sweep\.reference: false\), or raise sweep\.memory_limit_mb", line), line
+    assert "estimating" not in done.stderr
     assert not (workspace.parent / "runs").exists()
 
 
@@ -212,3 +228,62 @@ def test_the_report_compares_every_cell_with_the_reference(tmp_path):
     assert markdown[8].startswith("| prompt | 0.6000 ")
     assert markdown[10] == "| broken | FAILED: TrainingError: boom |" + "  |" * 10
     assert json.loads(files["json"].read_text()) == report
+
+
+def test_a_sweep_file_given_to_another_command_says_how_to_run_it(tiny_model):
+    from tuneloop.config import parse_config
+
+    with pytest.raises(ConfigError) as raised:
+        parse_config(base(tiny_model, axes={"method": ["lora"]}))
+    assert str(raised.value) == "sweep: this is a sweep file; run it with `tuneloop sweep FILE` (other commands take a plain config)"
+
+
+def test_a_new_method_keeps_the_base_method_keys_it_also_has(tiny_model):
+    raw = base(tiny_model, axes={"method": ["lora", "dora", "ia3"]}, reference=False)
+    raw["method"] = {"name": "lora", "r": 16, "target_modules": ["query"], "dropout": 0.0}
+    lora, dora, ia3 = (c.config.method for c in parse_sweep(raw).cells)
+    assert (lora.r, lora.target_modules, lora.dropout) == (16, ["query"], 0.0)
+    assert (dora.name, dora.r, dora.target_modules, dora.dropout) == ("dora", 16, ["query"], 0.0)
+    assert (ia3.name, ia3.target_modules) == ("ia3", ["query"])  # IA3 has no rank or dropout
+
+
+def test_the_cache_key_changes_with_what_the_cell_trains(tiny_model, tmp_path):
+    rows = '{"text": "a", "label": "x"}\n'
+    snapshot = _snapshot(tmp_path / "snap", rows, rows)
+    cells = parse_sweep(base(tiny_model, reference=False, axes={
+        "quantization": [0, 8], "train.learning_rate": [0.001, 0.002], "generation.max_new_tokens": [8, 16]})).cells
+    assert len(cells) == 8 and len({cache_key(c, snapshot) for c in cells}) == 8
+
+
+def _generated(name: str, nll: list[float], reference: bool = False) -> CellResult:
+    from tuneloop.evaluation import score_texts
+
+    report = score_texts("causal_lm", ["r"] * len(nll), ["o"] * len(nll),
+                         {"nll": nll, "tokens": [10.0] * len(nll), "rougeL": [0.5] * len(nll)})
+    train = {"trainable_params": 10, "total_params": 100, "peak_memory_mb": 100.0, "wall_seconds": 1.0,
+             "samples_per_second": 1.0, "adapter_bytes": 10, "cost": 0.0}
+    return CellResult(name, {}, reference, "ok", "k", None, False, train, report.to_dict())
+
+
+def test_a_lower_is_better_metric_reads_the_other_way():
+    # Perplexity exp(nll / tokens): the reference at exp(2) = 7.39, "better" at exp(1.9) = 6.69, "worse" at exp(2.3).
+    results = [_generated("full", [20.0] * 60, reference=True), _generated("better", [19.0] * 60),
+               _generated("worse", [23.0] * 60)]
+    report = sweep_report.build(results, GateConfig(min_rows=10), "causal_lm", "decoder")
+    rows = {row["name"]: row for row in report["rows"]}
+    assert (report["metric"], report["higher_is_better"]) == ("perplexity", False)
+    assert rows["better"]["delta_points"] == pytest.approx(10.0)  # 100 x (log 7.39 - log 6.69): positive, better
+    assert rows["worse"]["delta_points"] == pytest.approx(-30.0)
+    # Every cell has the same memory and parameters: the lowest perplexity alone is on the front.
+    assert [rows[n]["pareto"] for n in ("full", "better", "worse")] == [False, True, False]
+
+
+def test_a_report_with_every_cell_failed_still_writes(tmp_path):
+    results = [CellResult("a", {}, True, "failed", "k", "TrainingError: boom"),
+               CellResult("b", {}, False, "failed", "k", "the cell's process was killed by signal SIGKILL")]
+    report = sweep_report.build(results, GateConfig(), "sequence_classification", "all-failed")
+    assert report["reference"] is None and [row["status"] for row in report["rows"]] == ["failed", "failed"]
+    files = sweep_report.write(report, tmp_path / "r")
+    assert files["memory"].read_bytes()[:4] == b"\x89PNG"
+    assert sweep_report.text_table(report).splitlines()[1:] == [
+        "a (reference)  FAILED: TrainingError: boom", "b              FAILED: the cell's process was killed by signal SIGKILL"]

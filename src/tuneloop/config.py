@@ -579,6 +579,8 @@ def _describe(error: dict[str, Any]) -> str:
         del loc[1]
     key = ".".join(loc)
     kind = error["type"]
+    if kind == "extra_forbidden" and key == "sweep":
+        return "sweep: this is a sweep file; run it with `tuneloop sweep FILE` (other commands take a plain config)"
     if kind == "extra_forbidden":
         return f"{key}: unknown key; remove it or fix its spelling (see `tuneloop config schema`)"
     if kind == "union_tag_invalid":

@@ -20,7 +20,7 @@ import logging
 import math
 import subprocess
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import pandas as pd
@@ -91,8 +91,12 @@ def baseline() -> Baseline:
 def _shape(config: Any) -> tuple[int, int, int]:
     """Hidden width, layers and attention heads of a transformers config (encoder + decoder for seq2seq)."""
     hidden = getattr(config, "hidden_size", None) or getattr(config, "d_model", None) or getattr(config, "n_embd")
-    layers = (getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", None)
-              or getattr(config, "num_layers", 0) + (getattr(config, "num_decoder_layers", None) or 0))
+    if getattr(config, "is_encoder_decoder", False):  # num_hidden_layers maps to the encoder's alone there
+        encoder = getattr(config, "num_layers", None) or getattr(config, "encoder_layers", 0)
+        decoder = getattr(config, "num_decoder_layers", None) or getattr(config, "decoder_layers", None) or encoder
+        layers = encoder + decoder
+    else:
+        layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer")
     heads = getattr(config, "num_attention_heads", None) or getattr(config, "num_heads", None) or getattr(config, "n_head")
     return int(hidden), int(layers), int(heads)
 
@@ -164,42 +168,49 @@ def memory(cfg: Config, frame: pd.DataFrame, baseline: float, device: str = "cpu
     return sum(parts.values()), parts, trainable, total, seq
 
 
-def estimate(cfg: Config, frame: pd.DataFrame, start: Baseline, warmup_steps: int = 5,
-             limit_mb: float | None = None, name: str = "the run") -> Estimate:
-    """Predict a run's peak memory and, with warm-up steps, its wall time.
-
-    Args:
-        cfg: the run's config.
-        frame: its training rows (the dev split is carved from them as training does).
-        start: `baseline()`.
-        warmup_steps: optimizer steps to time; 0 skips the time estimate.
-        limit_mb: refuse a run predicted above this many MB, before any warm-up builds the model.
-        name: how the run is named in the refusal.
-
-    Raises:
-        ConfigError: when the predicted peak is above `limit_mb`.
-    """
-    from tuneloop import training
-
+def memory_estimate(cfg: Config, frame: pd.DataFrame, start: Baseline) -> Estimate:
+    """Predict a run's peak memory, loading no weight (no time yet: see `with_time`)."""
     device = modeling.pick_device(cfg.runtime.device)
     peak, parts, trainable, total, seq = memory(cfg, frame, start.memory_mb, device)
-    if limit_mb is not None and peak > limit_mb:
-        raise ConfigError(
-            f"{name} would need ~{peak:,.0f} MB at its peak ({', '.join(f'{k} {v:,.0f}' for k, v in parts.items())}), "
-            f"over the {limit_mb:,.0f} MB limit; lower train.batch_size or model.max_length, quantize the base, or "
-            "raise sweep.memory_limit_mb"
-        )
-    if warmup_steps <= 0:
-        return Estimate(peak, None, trainable, total, seq, parts)
-    timing = training.warmup(frame, cfg, warmup_steps)
-    epoch = (timing["steps_per_epoch"] * timing["seconds_per_step"] + timing["dev_rows"] * timing["dev_seconds_per_row"]
+    return Estimate(peak, None, trainable, total, seq, parts)
+
+
+def with_time(found: Estimate, cfg: Config, frame: pd.DataFrame, start: Baseline, warmup_steps: int) -> Estimate:
+    """Add the time estimate: `warmup_steps` real optimizer steps timed, extrapolated to the run's
+    epochs, with the imports a fresh training process pays, its model load, a dev pass and a
+    checkpoint save per epoch."""
+    from tuneloop import training
+
+    timing = {**training.warmup(frame, cfg, warmup_steps), "import_seconds": start.import_seconds}
+    epoch = (timing["epoch_tokens"] * timing["seconds_per_token"] + timing["dev_rows"] * timing["dev_seconds_per_row"]
              + timing["save_seconds"])
     seconds = start.import_seconds + timing["build_seconds"] + cfg.train.epochs * epoch + timing["save_seconds"]
-    return Estimate(peak, seconds, trainable, total, seq, parts, timing)
+    return replace(found, seconds=seconds, timing=timing)
 
 
-def machine_limit_mb() -> float:
-    """This machine's memory, the limit a local run cannot exceed."""
+def over_limit(named: dict[str, Estimate], limit_mb: float, where: str) -> None:
+    """Refuse the runs predicted above `limit_mb`, all of them in one line.
+
+    Raises:
+        ConfigError: naming each run with its predicted peak, the limit and the fixes.
+    """
+    over = {name: found for name, found in named.items() if found.peak_memory_mb > limit_mb}
+    if not over:
+        return
+    listed = "; ".join(f"{name} ~{found.peak_memory_mb:,.0f} MB" for name, found in over.items())
+    reference = " (the full fine-tuning reference: sweep.reference: false)" if any("reference" in n for n in over) else ""
+    raise ConfigError(
+        f"{listed}: over the {limit_mb:,.0f} MB {where}; lower train.batch_size or model.max_length, quantize the base, "
+        f"leave those cells out{reference}, or raise sweep.memory_limit_mb"
+    )
+
+
+def device_limit_mb(device: str) -> float:
+    """The memory a run on `device` cannot exceed: the GPU's on CUDA, this machine's otherwise."""
+    if device.startswith("cuda"):
+        import torch
+
+        return torch.cuda.get_device_properties(torch.device(device)).total_memory / MB
     import psutil
 
     return psutil.virtual_memory().total / MB

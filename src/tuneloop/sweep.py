@@ -13,6 +13,7 @@ re-run with one new axis value trains only the new cells.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import itertools
 import json
@@ -109,13 +110,25 @@ class Sweep:
     cells: list[Cell]
 
 
+# What a cell may change: what it trains and how it is scored. Every cell reads the one snapshot
+# the base config's data section makes, is judged by its gate section and runs where its runtime
+# says, so varying those would label cells with differences that are not there.
+VARIABLE = ("model", "method", "quantization", "generation", "train")
+FIXED_KEYS = {"model.task": "every cell reads the same data, whose columns the task names",
+              "train.distributed": "where training runs changes no weight"}
+
+
 def _axis_problem(key: str, method_names: set[str]) -> str | None:
     """Why `key` is not a config key a sweep can vary; None when it is."""
     parts = key.split(".")
-    if parts[0] == "sweep":
-        return "the sweep section itself cannot be an axis"
+    if parts[0] in Config.model_fields and parts[0] not in VARIABLE:
+        return (f"{parts[0]} is the same for every cell (one snapshot, one gate, one runtime); vary keys of "
+                f"{', '.join(VARIABLE)}")
     if parts[0] not in Config.model_fields:
         return f"{parts[0]!r} is not a config section ({', '.join(Config.model_fields)})"
+    fixed = next((why for prefix, why in FIXED_KEYS.items() if key == prefix or key.startswith(prefix + ".")), None)
+    if fixed:
+        return f"it is the same for every cell ({fixed})"
     if parts[0] == "method":
         if len(parts) != 2:
             return "method keys are one level deep (method.r, method.num_virtual_tokens)"
@@ -154,15 +167,17 @@ def _set(raw: dict, key: str, value: Any) -> None:
 def _apply(base: dict, settings: dict[str, Any]) -> tuple[dict, dict[str, Any]]:
     """The base mapping with a cell's settings applied; return it and the settings that apply.
 
-    A new method.name starts its method section afresh (another method's keys would not fit it);
-    a method.* key the cell's method does not have is left out.
+    A new method.name keeps the base method's keys that the new method also has (its rank and
+    target layers, say) and drops the others; a method.* key the cell's method does not have is
+    left out of an axis cell (`parse_sweep` refuses it in an explicit cell).
     """
     raw = copy.deepcopy(base)
-    raw.setdefault("method", {"name": "lora"})
+    raw["method"] = dict(raw.get("method") or {"name": "lora"})
     applied: dict[str, Any] = {}
     name = settings.get("method.name")
-    if name is not None and name != raw["method"].get("name", "lora"):
-        raw["method"] = {"name": name}
+    if name is not None and name != raw["method"].get("name", "lora") and name in methods.REGISTRY:
+        fields = methods.REGISTRY[name].section.model_fields
+        raw["method"] = {"name": name, **{k: v for k, v in raw["method"].items() if k != "name" and k in fields}}
     method = raw["method"].get("name", "lora")
     for key, value in settings.items():
         if key.startswith("method.") and key != "method.name":
@@ -210,7 +225,16 @@ def parse_sweep(data: Any, root: Path | None = None) -> Sweep:
     empty = [key for key, values in spec.axes.items() if not values]
     if empty:
         raise ConfigError(f"sweep axis {empty[0]} has no values; list at least one or remove the axis")
-    explicit = [{_key(k): v for k, v in cell.items() if k != "name"} for cell in spec.cells]
+    explicit = []
+    for number, cell in enumerate(spec.cells, start=1):
+        if "name" in cell and (not isinstance(cell["name"], str) or not cell["name"].strip()):
+            raise ConfigError(f"sweep cell {number}: name {json.dumps(cell['name'])} must be a non-empty text; "
+                              "quote it, e.g. name: \"r8\"")
+        settings = {_key(k): v for k, v in cell.items() if k != "name"}
+        if len(settings) != len([k for k in cell if k != "name"]):
+            raise ConfigError(f"sweep cell {cell.get('name', number)} sets a key twice (once by its short name): "
+                              f"{', '.join(k for k in cell if k != 'name')}; keep one")
+        explicit.append(settings)
     # The methods the cells will train: the method axis's values (else the base's, when there are
     # axes at all), and each explicit cell's own (else the base's).
     from_axes = set(axes.get("method.name", [base_cfg.method.name])) if axes else set()
@@ -224,6 +248,13 @@ def parse_sweep(data: Any, root: Path | None = None) -> Sweep:
         if problem:
             raise ConfigError(f"sweep axis {key} is not a key a sweep can vary: {problem}; use a dotted config key "
                               "such as method.r or train.learning_rate")
+    for cell, settings in zip(spec.cells, explicit):
+        method = settings.get("method.name", base_cfg.method.name)
+        stray = [k for k in settings if k.startswith("method.") and k != "method.name"
+                 and k.split(".", 1)[1] not in methods.REGISTRY[method].section.model_fields]
+        if stray:
+            raise ConfigError(f"sweep cell {cell.get('name') or _label(settings)} sets {stray[0]}, which method {method} "
+                              "does not have; remove it or change the cell's method")
     wanted: list[tuple[str | None, dict[str, Any], bool]] = [
         (None, dict(zip(axes, combo)), False) for combo in itertools.product(*axes.values())] if axes else []
     wanted += [(cell.get("name"), settings, False) for cell, settings in zip(spec.cells, explicit)]
@@ -234,21 +265,23 @@ def parse_sweep(data: Any, root: Path | None = None) -> Sweep:
     seen: dict[str, str] = {}
     for name, settings, reference in wanted:
         cell = _cell(base, settings, name, reference, root, axes)
-        digest = cell.config.digest()
+        digest = training_identity(cell.config)
         if digest in seen:  # e.g. method.r on a method without a rank: the same cell twice
             if cell.name == seen[digest]:
                 log.info("sweep cell %s comes up more than once (an axis its method does not take); it runs once", cell.name)
             else:
-                log.info("sweep cell %s is the same training as %s; it runs once", cell.name, seen[digest])
+                log.warning("sweep cell %s trains exactly as %s does; it runs once, as %s", cell.name, seen[digest],
+                            seen[digest])
             continue
         seen[digest] = cell.name
         cells.append(cell)
     is_reference = [c for c in cells if c.config.method.name == "full" and c.config.quantization.bits == 0]
     if spec.reference and not is_reference:
         cells.insert(0, _cell(base, dict(REFERENCE), "full (reference)", True, root, axes))
-    elif is_reference:
+    elif is_reference:  # the first full fine-tuning cell is the reference, listed first
         first = is_reference[0]
-        cells[cells.index(first)] = Cell(first.name, first.settings, first.config, True)
+        cells.remove(first)
+        cells.insert(0, Cell(first.name, first.settings, first.config, True))
     names = [c.name for c in cells]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
@@ -295,19 +328,53 @@ def _file_sha256(path: Path) -> str:
     return sha.hexdigest()
 
 
+def training_identity(cfg: Config) -> str:
+    """A sha256 of everything a cell may vary (VARIABLE, without train.distributed): two cells with
+    the same identity train and score the same way."""
+    sections = {name: getattr(cfg, name).model_dump(mode="json", exclude={"distributed"} if name == "train" else None)
+                for name in VARIABLE}
+    return hashlib.sha256(json.dumps(sections, sort_keys=True).encode()).hexdigest()
+
+
+@functools.lru_cache(maxsize=16)
+def _fingerprint(folder: str, stamp: tuple) -> tuple[str, str]:
+    from tuneloop.modeling import fingerprint
+
+    return fingerprint(Path(folder))
+
+
+def _base_fingerprint(base: str) -> tuple[str, str]:
+    """The base model's weights and tokenizer digests, hashed once per process while its files are unchanged."""
+    from tuneloop.modeling import resolve_base
+
+    folder = resolve_base(base)
+    stamp = tuple(sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in folder.iterdir() if f.is_file()))
+    return _fingerprint(str(folder), stamp)
+
+
 def cache_key(cell: Cell, snapshot_dir: Path) -> str:
-    """The digest a cell's result is cached under: the snapshot's train and held-out rows by content,
-    and what shapes the training (`cycle.training_digest`, the base model by content)."""
+    """The digest a cell's result is cached under: the snapshot's train and held-out rows by content;
+    what shapes the training (`cycle.training_digest`: the base model by content, method,
+    quantization, train section); the tokenizer; how outputs are generated; the device it runs on
+    (time, memory and latency are measured there); and the training libraries' versions."""
+    from importlib import metadata
+
     from tuneloop import data
     from tuneloop.cycle import training_digest
-    from tuneloop.modeling import fingerprint, resolve_base
+    from tuneloop.modeling import pick_device
 
     rows = {name: _file_sha256(snapshot_dir / name) for name in (data.TRAIN_FILE, data.HELD_OUT_FILE)}
-    base_sha, _ = fingerprint(resolve_base(cell.config.model.base))
+    base_sha, tokenizer_sha = _base_fingerprint(cell.config.model.base)
     training = training_digest(cell.config, base_sha, cell.config.method.model_dump(mode="json"))
-    evaluation = cell.config.generation.model_dump(mode="json")
-    canonical = json.dumps({"format": CACHE_FORMAT, "rows": rows, "training": training, "evaluation": evaluation},
-                           sort_keys=True)
+    libraries = {}
+    for name in ("torch", "transformers", "peft", "bitsandbytes", "tuneloop"):
+        try:
+            libraries[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            libraries[name] = "absent"
+    canonical = json.dumps({"format": CACHE_FORMAT, "rows": rows, "training": training, "tokenizer": tokenizer_sha,
+                            "evaluation": cell.config.generation.model_dump(mode="json"),
+                            "device": pick_device(cell.config.runtime.device), "libraries": libraries}, sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -341,11 +408,11 @@ def _failure(cell: Cell, key: str, error: str) -> CellResult:
     return CellResult(cell.name, cell.settings, cell.reference, "failed", key, error, estimate=cell.estimate)
 
 
-def cached_result(cell: Cell, snapshot_dir: Path, cache_dir: Path | None) -> CellResult | None:
-    """The cell's cached result for these rows, or None."""
+def cached_result(cache_dir: Path | None, key: str) -> CellResult | None:
+    """The result cached under `key` (`cache_key`), or None."""
     if cache_dir is None:
         return None
-    cached = cache_dir / cache_key(cell, snapshot_dir) / RESULT_FILE
+    cached = cache_dir / key / RESULT_FILE
     return CellResult.from_dict(json.loads(cached.read_text())) if cached.is_file() else None
 
 
@@ -363,7 +430,7 @@ def run_cell(cell: Cell, snapshot_dir: Path, out_dir: Path, cache_dir: Path | No
         command: the child's command before its arguments (default: this Python, `-m tuneloop.sweep`).
     """
     key = cache_key(cell, snapshot_dir)
-    stored = cached_result(cell, snapshot_dir, cache_dir)
+    stored = cached_result(cache_dir, key)
     if stored is not None:
         log.info("sweep cell %s: cached (the same rows and settings trained before, %s)", cell.name, key[:12])
         return CellResult(cell.name, cell.settings, cell.reference, "ok", key, None, True, stored.train,
@@ -426,7 +493,7 @@ def _main(argv: list[str]) -> int:
     try:
         measured = train_and_score(Cell.from_json(cell_file.read_text()), snapshot_dir, out_dir)
     except Exception as exc:  # noqa: BLE001 (every failure of a cell is reported, none sinks the sweep)
-        (out_dir / "error.txt").write_text(f"{type(exc).__name__}: {exc}")
+        (out_dir / "error.txt").write_text(" ".join(f"{type(exc).__name__}: {exc}".split()))  # one line
         log.error("%s: %s", type(exc).__name__, exc)
         return 1
     (out_dir / RESULT_FILE).write_text(json.dumps(measured))

@@ -76,7 +76,7 @@ def build(results: list[CellResult], gate_cfg: GateConfig, task_name: str, name:
             )
             if reference is not None and result.name != reference:
                 ref = reports[reference]
-                compared = evaluation.compare(report, ref)
+                compared = evaluation.compare(report, ref, gate_cfg.bootstrap_draws, gate_cfg.seed)  # the gate's own draws
                 decision = gate.decide(report, ref, gate_cfg)
                 row.update(delta_points=float(task.metric(metric).delta_points(report.metrics[metric], ref.metrics[metric])),
                            delta_interval=list(compared.intervals[metric]), gate_passed=decision.passed,
@@ -140,8 +140,8 @@ def table_rows(report: dict) -> list[list[str]]:
         if estimate.get("seconds") is not None:
             seconds += f" ({estimate['seconds']:.0f}, {_percent(estimate['time_error'])})"
         verdict = ""
-        if "gate_passed" in row:
-            verdict = "pass" if row["gate_passed"] else "fail: " + "; ".join(row["gate_reasons"])
+        if "gate_passed" in row:  # the reasons, long, are listed under the table
+            verdict = "pass" if row["gate_passed"] else "fail"
         lines.append([
             name, quality, delta, f"{_size(row['trainable_params'])} ({row['trainable_percent']:.3g}%)", memory, seconds,
             f"{row['samples_per_second']:.1f}", _bytes(row["adapter_bytes"]),
@@ -164,7 +164,16 @@ def markdown(report: dict) -> str:
              f"trainable parameters; (est.): the pre-flight estimate and its error vs the measurement.", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell.replace("|", "/") for cell in row) + " |" for row in table_rows(report)]
+    reasons = gate_reasons(report)
+    if reasons:
+        lines += ["", "Gate against the reference, cell by cell:", ""] + [f"- **{name}**: {why}" for name, why in reasons]
     return "\n".join(lines) + "\n"
+
+
+def gate_reasons(report: dict) -> list[tuple[str, str]]:
+    """Each compared cell's gate verdict against the reference, with its reasons."""
+    return [(row["name"], ("pass: " if row["gate_passed"] else "fail: ") + "; ".join(row["gate_reasons"]))
+            for row in report["rows"] if "gate_passed" in row]
 
 
 def text_table(report: dict) -> str:
@@ -202,13 +211,16 @@ def plot(report: dict, kind: str, path: Path) -> Path:
         axes.plot([p[0] for p in line], [p[1] for p in line], color="#d1495b", linewidth=1, zorder=1)
     for row, x, y in zip(done, xs, ys):
         axes.annotate(row["name"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    if kind == "params":
+    if kind == "params" and xs:
         axes.set_xscale("log")
+    if not xs:
+        axes.text(0.5, 0.5, "no cell finished", ha="center", va="center", transform=axes.transAxes)
     axes.set_xlabel(label)
     axes.set_ylabel(f"{metric} ({'higher' if report['higher_is_better'] else 'lower'} is better)")
     axes.set_title(f"{report['name']}: {metric} vs {label.split(' (')[0]}")
     axes.grid(True, alpha=0.3)
-    axes.legend(fontsize=8)
+    if xs:
+        axes.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)
@@ -237,7 +249,11 @@ def page(report: dict, images: dict[str, Path]) -> str:
         f"<h1>Sweep {html.escape(report['name'])}</h1><p>{html.escape(report['task'])}, metric "
         f"{html.escape(report['metric'])}; reference: {html.escape(str(report['reference']))}; created "
         f"{html.escape(report['created'])}. Highlighted rows are on the Pareto front ({html.escape(report['metric'])} vs "
-        f"peak memory vs trainable parameters).</p><table><tr>{cells}</tr>{''.join(trs)}</table>{pictures}</body></html>"
+        f"peak memory vs trainable parameters).</p><table><tr>{cells}</tr>{''.join(trs)}</table>"
+        + ("<h2>Gate against the reference</h2><ul>" + "".join(
+            f"<li><b>{html.escape(name)}</b>: {html.escape(why)}</li>" for name, why in gate_reasons(report)) + "</ul>"
+           if gate_reasons(report) else "")
+        + f"{pictures}</body></html>"
     )
 
 

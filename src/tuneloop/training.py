@@ -373,10 +373,15 @@ def warmup(frame: pd.DataFrame, cfg: Config, steps: int) -> dict[str, float]:
     """Time the first `steps` optimizer steps of a run (the same build, batches and step as `train`),
     one dev batch and one checkpoint save, saving nothing: what `tuneloop estimate` extrapolates from.
 
+    A step's time follows the tokens it computes (a batch pads to its longest row, and batch
+    lengths vary several-fold), so the timed steps give seconds per padded token, and an epoch's
+    padded tokens are counted from the same batches training draws.
+
     Returns:
-        build_seconds (model load and adapter), seconds_per_step (the mean of the steps after the
-        first, which pays one-off costs), dev_seconds_per_row, save_seconds, trainable and total
-        parameters, and the run's optimizer steps per epoch and dev rows.
+        build_seconds (model load and adapter), seconds_per_token and seconds_per_step (over the
+        steps after the first, which pays one-off costs), epoch_tokens (padded tokens of one pass),
+        dev_seconds_per_row, save_seconds, trainable and total parameters, and the run's optimizer
+        steps per epoch and dev rows.
     """
     import tempfile
 
@@ -395,8 +400,12 @@ def warmup(frame: pd.DataFrame, cfg: Config, steps: int) -> dict[str, float]:
     model, optimizer, loader, schedule = accelerator.prepare(model, optimizer, loader, schedule)
     plain = accelerator.unwrap_model(model)
     model.train()
-    times, step, tick = [], 0, time.perf_counter()
-    for batch in loader:
+    task = tasks.get(cfg.model.task)
+    extra = getattr(cfg.method, "num_virtual_tokens", 0)  # prompt methods lengthen every row inside the model
+    times, tokens, step, pending, tick = [], [], 0, 0, time.perf_counter()
+    for batch in loader:  # a row's tokens as `tasks.lengths` counts them: a seq2seq row's target too
+        rows, width = batch["input_ids"].shape
+        pending += rows * (width + extra + (batch["labels"].shape[1] if task.name == "seq2seq" else 0))
         with accelerator.accumulate(model):
             loss = model(**batch).loss
             accelerator.backward(loss)
@@ -410,10 +419,15 @@ def warmup(frame: pd.DataFrame, cfg: Config, steps: int) -> dict[str, float]:
         step += 1
         now = time.perf_counter()
         times.append(now - tick)
-        tick = now
+        tokens.append(pending)  # every batch of this optimizer step
+        tick, pending = now, 0
         if step >= steps:
             break
-    paid = times[1:] or times  # the first step also pays one-off allocations
+    paid, counted = (times[1:], tokens[1:]) if len(times) > 1 else (times, tokens)  # the first step pays one-off costs
+    lengths = tasks.lengths(task, tokenizer, fit["text"].tolist(), _targets(fit, labels), cfg.model.max_length,
+                            cfg.generation.max_new_tokens)
+    pass_ = Batches(lengths, cfg.train.batch_size, cfg.train.seed, cfg.train.group_by_length)
+    epoch_tokens = sum(len(rows) * (max(lengths[i] for i in rows) + extra) for rows in pass_)
     sample = dev.iloc[:cfg.train.eval_batch_size]
     tick = time.perf_counter()
     _evaluate_dev(plain, tokenizer, sample, _targets(sample, labels), cfg, device)
@@ -423,7 +437,9 @@ def warmup(frame: pd.DataFrame, cfg: Config, steps: int) -> dict[str, float]:
         modeling.save_adapter(plain, Path(scratch) / "adapter", meta)
         save = time.perf_counter() - tick
     del model, optimizer, plain
-    return {"build_seconds": build, "seconds_per_step": sum(paid) / len(paid), "dev_seconds_per_row": dev_per_row,
+    return {"build_seconds": build, "seconds_per_step": sum(paid) / len(paid),
+            "seconds_per_token": sum(paid) / max(sum(counted), 1),
+            "epoch_tokens": epoch_tokens, "dev_seconds_per_row": dev_per_row,
             "save_seconds": save, "trainable_params": trainable, "total_params": total,
             "steps_per_epoch": per_epoch, "dev_rows": len(dev), "timed_steps": len(times)}
 

@@ -126,7 +126,8 @@ def sweep(
 def estimate(
     config: Path = typer.Argument(..., help="A config or a sweep file."),
     rev: Optional[str] = typer.Option(None, "--rev", help="Data revision to estimate on (default: data.rev)."),
-    steps: int = typer.Option(5, "--steps", min=0, help="Warm-up optimizer steps timed per cell; 0: memory only."),
+    steps: Optional[int] = typer.Option(None, "--steps", min=0,
+                                        help="Warm-up optimizer steps timed per cell (default: sweep.warmup_steps, 5); 0: memory only."),
 ) -> None:
     """Predict each run's (or sweep cell's) peak memory and wall time before it starts."""
     from tuneloop.cli import sweep as sweep_cli
