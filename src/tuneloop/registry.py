@@ -918,21 +918,29 @@ def record_tick(cfg: RegistryConfig, experiment: str, summary: dict[str, str], m
     with _translated(cfg):
         client = _writer(cfg)
         experiment_id, _ = _experiment_id(client, cfg, experiment, folder=experiment)
-        run = client.create_run(experiment_id, run_name=f"{summary['action']}@{summary['champion']}")
-        run_id = run.info.run_id
-        try:  # the tags last: a run cut short has none, so `tick_history` never takes it for a decision
+        run_id = client.create_run(experiment_id, run_name=f"{summary['action']}@{summary['champion']}").info.run_id
+
+        def write() -> None:  # the tags last: a run cut short has none, so `tick_history` never takes it for a decision
             for path, text in documents.items():
                 client.log_text(run_id, text, path)
             for folder, path in files.items():
                 client.log_artifact(run_id, str(path), folder)
             client.log_batch(run_id, metrics=_metric_list(metrics),
                              tags=_tag_list({f"{TAG}{key}": summary.get(key, "") for key in TICK_TAGS}))
-        except BaseException:
-            with contextlib.suppress(Exception):
-                client.set_terminated(run_id, "FAILED")
-            raise
-        client.set_terminated(run_id)
+
+        _finish_run(client, run_id, write)
     return run_id
+
+
+def _finish_run(client: Any, run_id: str, write: Callable[[], None]) -> None:
+    """Write a run's contents and end it FINISHED; a write that fails ends it FAILED and raises."""
+    try:
+        write()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_terminated(run_id)
 
 
 def _metric_list(metrics: dict[str, float]) -> list:
@@ -988,16 +996,14 @@ def record_sweep(cfg: RegistryConfig, name: str, files: dict[str, Path], metrics
         experiment = f"{cfg.experiment}-sweeps"
         experiment_id, _ = _experiment_id(client, cfg, experiment, folder=experiment)
         run_id = client.create_run(experiment_id, run_name=name, tags={f"{TAG}sweep": name}).info.run_id
-        try:
+
+        def write() -> None:
             for path in files.values():
                 client.log_artifact(run_id, str(path), "sweep")
             client.log_batch(run_id, metrics=_metric_list(metrics),
                              params=[_param(key, value) for key, value in params.items()])
-        except BaseException:
-            with contextlib.suppress(Exception):
-                client.set_terminated(run_id, "FAILED")
-            raise
-        client.set_terminated(run_id)
+
+        _finish_run(client, run_id, write)
     return run_id
 
 

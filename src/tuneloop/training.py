@@ -255,6 +255,56 @@ def _accelerator(cfg: Config) -> Any:
                        dataloader_config=DataLoaderConfiguration(split_batches=True))
 
 
+@dataclass
+class _Setup:
+    """What `train` and `warmup` both start from: the accelerate context, the split rows, the built model."""
+
+    accelerator: Any
+    device: str
+    labels: list[str]
+    fit: pd.DataFrame
+    dev: pd.DataFrame
+    per_epoch: int
+    model: Any
+    tokenizer: Any
+    meta: modeling.AdapterMeta
+    epochs: int
+
+    @property
+    def total_steps(self) -> int:
+        """Optimizer steps of the whole run."""
+        return self.per_epoch * self.epochs
+
+
+def _set_up(frame: pd.DataFrame, cfg: Config) -> _Setup:
+    """Seed, make the accelerate context, carve the dev rows and build the model, as a run does."""
+    seed_everything(cfg.train.seed)
+    accelerator = _accelerator(cfg)
+    device = str(accelerator.device)
+    labels = [] if tasks.get(cfg.model.task).generative else sorted(frame["label"].unique())
+    fit, dev = _dev_split(frame, cfg.train.dev_fraction, cfg.train.seed)
+    per_epoch = math.ceil(math.ceil(len(fit) / cfg.train.batch_size) / cfg.train.gradient_accumulation)
+    model, tokenizer, meta = _build(cfg, labels, device, per_epoch * cfg.train.epochs)
+    return _Setup(accelerator, device, labels, fit, dev, per_epoch, model, tokenizer, meta, cfg.train.epochs)
+
+
+def _step(accelerator: Any, model: Any, optimizer: Any, schedule: Any, batch: Any, cfg: Config,
+          allocate: Any = None, step: int = 0) -> Any:
+    """One batch: forward, backward, and (at the end of an accumulation) clip, step, schedule and
+    AdaLoRA's rank allocation; return the loss."""
+    with accelerator.accumulate(model):
+        loss = model(**batch).loss
+        accelerator.backward(loss)
+        if accelerator.sync_gradients and cfg.train.max_grad_norm:
+            accelerator.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
+        optimizer.step()
+        schedule.step()
+        if accelerator.sync_gradients and allocate is not None:
+            allocate(step + 1)
+        optimizer.zero_grad(set_to_none=True)
+    return loss
+
+
 def train(frame: pd.DataFrame, cfg: Config, out_dir: Path) -> TrainResult:
     """Train on the rows of `frame` (columns text and label: the input and the target, whatever the
     task calls them); write the best epoch to out_dir/adapter and
@@ -272,14 +322,9 @@ def train(frame: pd.DataFrame, cfg: Config, out_dir: Path) -> TrainResult:
     import torch
 
     started = time.perf_counter()
-    seed_everything(cfg.train.seed)
-    accelerator = _accelerator(cfg)
-    device = str(accelerator.device)
-    labels = [] if tasks.get(cfg.model.task).generative else sorted(frame["label"].unique())
-    fit, dev = _dev_split(frame, cfg.train.dev_fraction, cfg.train.seed)
-    per_epoch = math.ceil(math.ceil(len(fit) / cfg.train.batch_size) / cfg.train.gradient_accumulation)
-    total_steps = per_epoch * cfg.train.epochs
-    model, tokenizer, meta = _build(cfg, labels, device, total_steps)
+    run = _set_up(frame, cfg)
+    accelerator, device, labels, fit, dev = run.accelerator, run.device, run.labels, run.fit, run.dev
+    model, tokenizer, meta, total_steps = run.model, run.tokenizer, run.meta, run.total_steps
     # Only once the model is built (a refused config loses nothing): a reused folder keeps nothing
     # of an earlier run, such as another method's weights beside this one's.
     if accelerator.is_main_process:
@@ -305,16 +350,7 @@ def train(frame: pd.DataFrame, cfg: Config, out_dir: Path) -> TrainResult:
     for epoch in range(1, cfg.train.epochs + 1):
         epoch_started = time.perf_counter()
         for batch in loader:
-            with accelerator.accumulate(model):
-                loss = model(**batch).loss
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and cfg.train.max_grad_norm:
-                    accelerator.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
-                optimizer.step()
-                schedule.step()
-                if accelerator.sync_gradients and allocate is not None:
-                    allocate(step + 1)
-                optimizer.zero_grad(set_to_none=True)
+            loss = _step(accelerator, model, optimizer, schedule, batch, cfg, allocate, step)
             seen, tokens = seen + len(batch["labels"]), tokens + int(batch["attention_mask"].sum())
             window.append(loss.detach())
             if not accelerator.sync_gradients:
@@ -386,16 +422,12 @@ def warmup(frame: pd.DataFrame, cfg: Config, steps: int) -> dict[str, float]:
     import tempfile
 
     started = time.perf_counter()
-    seed_everything(cfg.train.seed)
-    accelerator = _accelerator(cfg)
-    device = str(accelerator.device)
-    labels = [] if tasks.get(cfg.model.task).generative else sorted(frame["label"].unique())
-    fit, dev = _dev_split(frame, cfg.train.dev_fraction, cfg.train.seed)
-    per_epoch = math.ceil(math.ceil(len(fit) / cfg.train.batch_size) / cfg.train.gradient_accumulation)
-    model, tokenizer, meta = _build(cfg, labels, device, per_epoch * cfg.train.epochs)
+    run = _set_up(frame, cfg)
+    accelerator, device, labels, fit, dev = run.accelerator, run.device, run.labels, run.fit, run.dev
+    model, tokenizer, meta, per_epoch = run.model, run.tokenizer, run.meta, run.per_epoch
     build = time.perf_counter() - started
     trainable, total = modeling.parameter_counts(model)
-    optimizer, schedule = _optimizer(model, cfg, per_epoch * cfg.train.epochs)
+    optimizer, schedule = _optimizer(model, cfg, run.total_steps)
     loader = _loader(tokenizer, fit, labels, cfg)
     model, optimizer, loader, schedule = accelerator.prepare(model, optimizer, loader, schedule)
     plain = accelerator.unwrap_model(model)
@@ -406,14 +438,7 @@ def warmup(frame: pd.DataFrame, cfg: Config, steps: int) -> dict[str, float]:
     for batch in loader:  # a row's tokens as `tasks.lengths` counts them: a seq2seq row's target too
         rows, width = batch["input_ids"].shape
         pending += rows * (width + extra + (batch["labels"].shape[1] if task.name == "seq2seq" else 0))
-        with accelerator.accumulate(model):
-            loss = model(**batch).loss
-            accelerator.backward(loss)
-            if accelerator.sync_gradients and cfg.train.max_grad_norm:
-                accelerator.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
-            optimizer.step()
-            schedule.step()
-            optimizer.zero_grad(set_to_none=True)
+        _step(accelerator, model, optimizer, schedule, batch, cfg)
         if not accelerator.sync_gradients:
             continue
         step += 1
