@@ -138,7 +138,12 @@ def longest_tokens(cfg: Config, frame: pd.DataFrame) -> int:
     targets = frame["label"].tolist()
     sizes = tasks.lengths(task, tokenizer, frame["text"].tolist(), targets, cfg.model.max_length,
                           cfg.generation.max_new_tokens)
-    return max(sizes) + getattr(cfg.method, "num_virtual_tokens", 0)
+    return max(sizes) + virtual_tokens(cfg)
+
+
+def virtual_tokens(cfg: Config) -> int:
+    """Tokens a prompt method prepends to every row's input (prefix tuning's go to the attention cache only)."""
+    return 0 if methods.get(cfg.method.name).needs_cache else getattr(cfg.method, "num_virtual_tokens", 0)
 
 
 def memory(cfg: Config, frame: pd.DataFrame, baseline: float, device: str = "cpu") -> tuple[float, dict[str, float], int, int, int]:

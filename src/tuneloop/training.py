@@ -24,7 +24,7 @@ from typing import Any, Iterator
 
 import pandas as pd
 
-from tuneloop import modeling, preflight, tasks
+from tuneloop import methods, modeling, preflight, tasks
 from tuneloop.config import Config
 from tuneloop.errors import DataError, TrainingError
 
@@ -433,7 +433,8 @@ def warmup(frame: pd.DataFrame, cfg: Config, steps: int) -> dict[str, float]:
     plain = accelerator.unwrap_model(model)
     model.train()
     task = tasks.get(cfg.model.task)
-    extra = getattr(cfg.method, "num_virtual_tokens", 0)  # prompt methods lengthen every row inside the model
+    # Prompt methods lengthen every row inside the model (prefix tuning only the attention cache).
+    extra = 0 if methods.get(cfg.method.name).needs_cache else getattr(cfg.method, "num_virtual_tokens", 0)
     times, tokens, step, pending, tick = [], [], 0, 0, time.perf_counter()
     for batch in loader:  # a row's tokens as `tasks.lengths` counts them: a seq2seq row's target too
         rows, width = batch["input_ids"].shape
