@@ -42,6 +42,9 @@ ATTENTION_BYTES = 24.0
 # bitsandbytes' CPU path dequantizes each layer's weights for every matmul and keeps its own copies
 # of the inputs for the backward pass: a quantized base's activations cost this much more.
 QUANTIZED_ACTIVATIONS = 1.3
+# A generative model's loss holds its logits, their log-softmax and the gradient of the logits, each
+# rows x written tokens x vocabulary in fp32 (a classifier's few labels make this negligible).
+LOGIT_COPIES = 3
 FILE_RESIDENT = 1.0  # share of the weights file's mapped pages still resident at the peak
 BITS_PER_STORED = {0: 32, 4: 4.5, 8: 8}  # 4-bit with its block scales
 
@@ -165,6 +168,11 @@ def memory(cfg: Config, frame: pd.DataFrame, baseline: float, device: str = "cpu
     if cfg.quantization.bits and not device.startswith("cuda"):
         scale *= QUANTIZED_ACTIVATIONS
     activations = scale * layers * rows * seq * (hidden * HIDDEN_BYTES + heads * seq * ATTENTION_BYTES) / MB
+    task = tasks.get(cfg.model.task)
+    if task.generative:  # the vocabulary projection: logits, their log-softmax and its gradient, in fp32
+        written = min(cfg.generation.max_new_tokens, seq) if task.name == "seq2seq" else seq
+        vocabulary = AutoConfig.from_pretrained(modeling.resolve_base(cfg.model.base)).vocab_size
+        activations += LOGIT_COPIES * rows * written * vocabulary * 4 / MB
     folder = modeling.resolve_base(cfg.model.base)
     on_disk = sum(f.stat().st_size for f in folder.iterdir() if f.suffix == ".safetensors") / MB
     parts = {"weights": weights, "training_state": state, "activations": activations}
