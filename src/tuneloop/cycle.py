@@ -196,7 +196,8 @@ def write_dossier(cfg: Config, scores: Evaluation, decision: GateDecision, snaps
     return dossier.write(folder, evidence)
 
 
-def _libraries() -> dict[str, str]:
+def library_versions() -> dict[str, str]:
+    """The installed version of each library in LIBRARIES ("absent" for one not installed)."""
     found = {}
     for name in LIBRARIES:
         try:
@@ -250,7 +251,7 @@ def candidate_record(
     record = VersionRecord(
         base_model=meta.base_model, base_sha256=meta.base_sha256, tokenizer_sha256=meta.tokenizer_sha256, task=meta.task,
         labels=list(meta.labels), method=meta.method["name"], method_config=meta.method, quantization=meta.quantization,
-        libraries=_libraries(), data_repo=snapshot.repo, data_rev=snapshot.rev, data_path=snapshot.path,
+        libraries=library_versions(), data_repo=snapshot.repo, data_rev=snapshot.rev, data_path=snapshot.path,
         data_sha256=snapshot.sha256, config_sha256=training_digest(cfg, meta.base_sha256, meta.method), pipeline_run=run_name,
         metrics=headline, gate=_verdict(decision), gate_reasons=list(decision.reasons),
         champion_version=scores.champion_version,

@@ -156,7 +156,8 @@ def memory(cfg: Config, frame: pd.DataFrame, baseline: float, device: str = "cpu
     labels = [] if tasks.get(cfg.model.task).generative else sorted(frame["label"].unique())
     per_epoch = math.ceil(len(frame) * (1 - cfg.train.dev_fraction) / cfg.train.batch_size)
     trainable, total, linear = _meta_counts(cfg, labels, per_epoch * cfg.train.epochs)
-    hidden, layers, heads = _shape(AutoConfig.from_pretrained(modeling.resolve_base(cfg.model.base)))
+    shape = AutoConfig.from_pretrained(modeling.resolve_base(cfg.model.base))
+    hidden, layers, heads = _shape(shape)
     seq = longest_tokens(cfg, frame)
     rows = cfg.train.batch_size
     stored_bits = BITS_PER_STORED[cfg.quantization.bits]
@@ -171,8 +172,7 @@ def memory(cfg: Config, frame: pd.DataFrame, baseline: float, device: str = "cpu
     task = tasks.get(cfg.model.task)
     if task.generative:  # the vocabulary projection: logits, their log-softmax and its gradient, in fp32
         written = min(cfg.generation.max_new_tokens, seq) if task.name == "seq2seq" else seq
-        vocabulary = AutoConfig.from_pretrained(modeling.resolve_base(cfg.model.base)).vocab_size
-        activations += LOGIT_COPIES * rows * written * vocabulary * 4 / MB
+        activations += LOGIT_COPIES * rows * written * shape.vocab_size * 4 / MB
     folder = modeling.resolve_base(cfg.model.base)
     on_disk = sum(f.stat().st_size for f in folder.iterdir() if f.suffix == ".safetensors") / MB
     parts = {"weights": weights, "training_state": state, "activations": activations}

@@ -320,14 +320,6 @@ def load_sweep(path: str | Path) -> Sweep:
 # Running one cell
 
 
-def _file_sha256(path: Path) -> str:
-    sha = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            sha.update(block)
-    return sha.hexdigest()
-
-
 def training_identity(cfg: Config) -> str:
     """A sha256 of everything a cell may vary (VARIABLE, without train.distributed): two cells with
     the same identity train and score the same way."""
@@ -360,18 +352,13 @@ def cache_key(cell: Cell, snapshot_dir: Path) -> str:
     from importlib import metadata
 
     from tuneloop import data
-    from tuneloop.cycle import training_digest
+    from tuneloop.cycle import library_versions, training_digest
     from tuneloop.modeling import pick_device
 
-    rows = {name: _file_sha256(snapshot_dir / name) for name in (data.TRAIN_FILE, data.HELD_OUT_FILE)}
+    rows = {name: hashlib.sha256((snapshot_dir / name).read_bytes()).hexdigest() for name in (data.TRAIN_FILE, data.HELD_OUT_FILE)}
     base_sha, tokenizer_sha = _base_fingerprint(cell.config.model.base)
     training = training_digest(cell.config, base_sha, cell.config.method.model_dump(mode="json"))
-    libraries = {}
-    for name in ("torch", "transformers", "peft", "bitsandbytes", "tuneloop"):
-        try:
-            libraries[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            libraries[name] = "absent"
+    libraries = {**library_versions(), "tuneloop": metadata.version("tuneloop")}
     canonical = json.dumps({"format": CACHE_FORMAT, "rows": rows, "training": training, "tokenizer": tokenizer_sha,
                             "evaluation": cell.config.generation.model_dump(mode="json"),
                             "device": pick_device(cell.config.runtime.device), "libraries": libraries}, sort_keys=True)

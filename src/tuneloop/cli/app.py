@@ -20,7 +20,7 @@ from tuneloop.cli import predict as predict_cli
 from tuneloop.cli import registry as registry_cli
 from tuneloop.cli import serve as serve_cli
 from tuneloop.cli import train as train_cli
-from tuneloop.cli.context import CONFIG_HELP, config_for
+from tuneloop.cli.context import CONFIG_HELP, config_for, data_rev
 from tuneloop.errors import ConfigError, Interrupted, TuneloopError
 from tuneloop.progress import configure_logging, quiet
 
@@ -71,12 +71,10 @@ def run(
     from tuneloop.pipelines.launcher import launcher_for
 
     cfg = config_for(config)
-    if rev is not None and not rev.strip():
-        raise ConfigError(f"--rev {rev!r} is empty; pass a commit, tag or branch, or leave --rev out to use data.rev")
-    data_rev = cfg.data.rev if rev is None else rev
+    revision = data_rev(rev, cfg.data.rev)
     try:
         with tempfile.TemporaryDirectory() as scratch, quiet(_OPTIONS["verbose"]):  # fail here, before any step
-            snapshot = cycle.run_preflight(cfg, data_rev, Path(scratch))
+            snapshot = cycle.run_preflight(cfg, revision, Path(scratch))
     except KeyboardInterrupt:
         raise Interrupted("interrupted during the preflight checks, before any step started; nothing was registered") from None
     launcher = launcher_for(cfg, verbose=_OPTIONS["verbose"], wait=wait)

@@ -2,27 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import tempfile
 import warnings
 from dataclasses import replace
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import typer
 
 from tuneloop import sweep as sweeps
-from tuneloop.cli.context import config_for, resolve_config_path
+from tuneloop.cli.context import config_for, data_rev, resolve_config_path
 from tuneloop.cli.output import show_json
 from tuneloop.errors import ConfigError, DataError, TrainingError, TuneloopError
 from tuneloop.progress import quiet
-
-
-def _rev(rev: Optional[str], default: str) -> str:
-    if rev is not None and not rev.strip():
-        raise ConfigError(f"--rev {rev!r} is empty; pass a commit, tag or branch, or leave --rev out to use data.rev")
-    return default if rev is None else rev
 
 
 def _load(path: Path) -> sweeps.Sweep:
@@ -41,6 +36,14 @@ def _named(cell: sweeps.Cell, exc: Exception) -> TuneloopError:
     when it is tuneloop's."""
     kind = type(exc) if isinstance(exc, TuneloopError) else TrainingError
     return kind(" ".join(f"sweep cell {cell.name}: {exc}".split()))
+
+
+@contextlib.contextmanager
+def _quietly(verbose: bool) -> Iterator[None]:
+    """tuneloop's INFO lines held back (`progress.quiet`), and transformers' deprecation notes met inside peft."""
+    with quiet(verbose), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        yield
 
 
 def preflight_cells(sweep: sweeps.Sweep, rev: str, scratch: Path, warmup_steps: int, verbose: bool,
@@ -68,8 +71,7 @@ def preflight_cells(sweep: sweeps.Sweep, rev: str, scratch: Path, warmup_steps: 
     memory = {}
     for cell in sweep.cells:
         try:
-            with quiet(verbose), warnings.catch_warnings():
-                warnings.simplefilter("ignore", FutureWarning)  # transformers' deprecation notes, met inside peft
+            with _quietly(verbose):
                 memory[cell.name] = estimate.memory_estimate(cell.config, rows, start)
         except Exception as exc:  # noqa: BLE001 (named with its cell, as one line)
             raise _named(cell, exc) from exc
@@ -91,8 +93,7 @@ def preflight_cells(sweep: sweeps.Sweep, rev: str, scratch: Path, warmup_steps: 
         found = memory[cell.name]
         if warmup_steps:
             try:
-                with quiet(verbose), warnings.catch_warnings():
-                    warnings.simplefilter("ignore", FutureWarning)
+                with _quietly(verbose):
                     found = estimate.with_time(found, cell.config, rows, start, warmup_steps)
             except Exception as exc:  # noqa: BLE001 (named with its cell, as one line)
                 raise _named(cell, exc) from exc
@@ -119,14 +120,14 @@ def run_sweep(
 
     sweep = sweeps.load_sweep(config)
     cfg = sweep.base
-    data_rev = _rev(rev, cfg.data.rev)
+    revision = data_rev(rev, cfg.data.rev)
     typer.echo(f"sweep {sweep.spec.name}: {len(sweep.cells)} cells: " + "; ".join(c.name for c in sweep.cells), err=True)
     if cfg.runtime.mode == "kfp":
         check_cluster_config(cfg, probe=not dry_run)
     cluster = cfg.runtime.mode == "kfp"
     cache_dir = _cluster_cache(cfg, sweep.spec.cache_dir) if cluster else sweep.spec.cache_dir
     with tempfile.TemporaryDirectory() as scratch:
-        cells, resolved = preflight_cells(sweep, data_rev, Path(scratch), sweep.spec.warmup_steps, verbose,
+        cells, resolved = preflight_cells(sweep, revision, Path(scratch), sweep.spec.warmup_steps, verbose,
                                           use_cache=not cluster)
     if dry_run:
         typer.echo("dry run: no cell was started", err=True)
@@ -173,5 +174,5 @@ def estimate(config: Path, rev: Optional[str], steps: Optional[int], verbose: bo
     sweep = _load(config)
     steps = sweep.spec.warmup_steps if steps is None else steps
     with tempfile.TemporaryDirectory() as scratch:
-        preflight_cells(sweep, _rev(rev, sweep.base.data.rev), Path(scratch), steps, verbose, to_stdout=True,
+        preflight_cells(sweep, data_rev(rev, sweep.base.data.rev), Path(scratch), steps, verbose, to_stdout=True,
                         use_cache=False)
