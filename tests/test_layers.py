@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CORE = ROOT / "src" / "tuneloop"
 EDGE_LIBS = {"kfp", "kubernetes", "typer", "click"}
 SDK_OWNERS = {"mlflow": "registry.py", "evidently": "drift.py", "dvc": "data.py", "bitsandbytes": "quantization.py",
-              "rouge_score": "generation.py", "matplotlib": "sweep_report.py"}
+              "rouge_score": "generation.py", "matplotlib": "plots.py", "datasketch": "leakage.py"}
 
 
 def imported_modules(path: Path) -> set[str]:

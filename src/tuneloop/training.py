@@ -10,6 +10,7 @@ progress logged every `train.log_every` optimizer steps with loss, throughput an
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import math
@@ -24,7 +25,7 @@ from typing import Any, Iterator
 
 import pandas as pd
 
-from tuneloop import methods, modeling, preflight, tasks
+from tuneloop import diagnostics, methods, modeling, plots, preflight, tasks
 from tuneloop.config import Config
 from tuneloop.errors import DataError, TrainingError
 
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 
 # A training folder: the kept epoch's weights, one checkpoint per epoch, and the run's report.
 ADAPTER_DIR, CHECKPOINTS_DIR, REPORT_FILE = "adapter", "checkpoints", "train.json"
+PLOTS = {"gap": "train_dev_gap.png", "spectrum": "rank_spectrum.png"}  # the detectors' plots, beside the report
 BUCKET_BATCHES = 50  # length grouping sorts within 50 batches: padding drops, batches stay varied
 PRECISIONS = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
 
@@ -68,6 +70,12 @@ class TrainResult:
     precision: str = "fp32"
     loss_curve: list[float] = field(default_factory=list)  # each optimizer step's loss, averaged over processes
     weights_sha256: list[str] = field(default_factory=list)  # each process's final trainable weights, by rank
+    learning_rate: float = 0.0  # the peak rate used: the config's, or a fifth of it after a divergence retry
+    best_step: int = 0  # the optimizer step of the kept checkpoint
+    grad_norms: list[float] = field(default_factory=list)  # each optimizer step's global gradient norm, before clipping
+    evaluations: list[dict] = field(default_factory=list)  # each dev evaluation: step, epoch, train_loss, dev_loss, dev_accuracy
+    findings: list[dict] = field(default_factory=list)  # the detectors' findings (`diagnostics.Finding.to_dict`)
+    rank_health: dict = field(default_factory=dict)  # LoRA-family modules: rank, meaningful values, effective rank, values
 
     def to_dict(self) -> dict:
         """Return a JSON-serializable form."""
@@ -132,6 +140,7 @@ class Batches:
 
     def __init__(self, lengths: list[int], size: int, seed: int, group: bool):
         self.lengths, self.batch_size, self.seed, self.group, self.passes = lengths, size, seed, group, 0
+        self.drawn: list[list[int]] = []
 
     def __len__(self) -> int:
         return math.ceil(len(self.lengths) / self.batch_size)
@@ -150,7 +159,8 @@ class Batches:
         rng.shuffle(chunks)
         # A short batch goes last: accelerate shares out full batches only, and tops up a short
         # final one with rows from the first batch (a short batch mid-pass it would drop).
-        return iter(chunks + [short] if short else chunks)
+        self.drawn = chunks + [short] if short else chunks  # this pass's batches, to name a bad batch's rows
+        return iter(self.drawn)
 
 
 def _dev_split(frame: pd.DataFrame, fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -289,26 +299,70 @@ def _set_up(frame: pd.DataFrame, cfg: Config) -> _Setup:
 
 
 def _step(accelerator: Any, model: Any, optimizer: Any, schedule: Any, batch: Any, cfg: Config,
-          allocate: Any = None, step: int = 0) -> Any:
+          allocate: Any = None, step: int = 0) -> tuple[Any, Any]:
     """One batch: forward, backward, and (at the end of an accumulation) clip, step, schedule and
-    AdaLoRA's rank allocation; return the loss."""
+    AdaLoRA's rank allocation; return the loss and, at the end of an accumulation with the detectors
+    on or clipping, the global gradient norm before clipping (else None)."""
+    norm = None
     with accelerator.accumulate(model):
         loss = model(**batch).loss
         accelerator.backward(loss)
-        if accelerator.sync_gradients and cfg.train.max_grad_norm:
-            accelerator.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
+        if accelerator.sync_gradients and (cfg.train.max_grad_norm or cfg.train.detectors):
+            # No clipping at an infinite bound: the norm is measured, the gradients are left as they are.
+            norm = accelerator.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm or math.inf)
+            # Before the step, so the weights stay finite to find the rows by. The norm is of the
+            # all-reduced gradients, the same on every process, so all stop together. fp16's scaler
+            # skips a step with inf gradients itself.
+            if cfg.train.detectors and accelerator.scaler is None and not math.isfinite(float(norm)):
+                optimizer.zero_grad(set_to_none=True)
+                raise _NonFinite(loss.item(), float(norm))
         optimizer.step()
         schedule.step()
         if accelerator.sync_gradients and allocate is not None:
             allocate(step + 1)
         optimizer.zero_grad(set_to_none=True)
-    return loss
+    return loss, norm
+
+
+class _NonFinite(Exception):
+    """The gradients of an optimizer step are not finite (raised before the step is taken)."""
+
+    def __init__(self, loss: float, norm: float):
+        super().__init__(f"loss {loss}, gradient norm {norm}")
+        self.loss, self.norm = loss, norm
+
+
+def _culprits(model: Any, tokenizer: Any, fit: pd.DataFrame, labels: list[str], rows: list[int], cfg: Config,
+              device: str) -> list[int]:
+    """The rows among `rows` whose loss alone is not finite (one forward pass each, without gradients)."""
+    import torch
+
+    task, targets = tasks.get(cfg.model.task), _targets(fit.iloc[rows], labels)
+    found = []
+    with torch.no_grad():
+        for row, target in zip(rows, targets):
+            batch = tasks.collate(task, tokenizer, [fit["text"].iloc[row]], [target], cfg.model.max_length,
+                                  cfg.generation.max_new_tokens)
+            if not math.isfinite(model(**{key: value.to(device) for key, value in batch.items()}).loss.item()):
+                found.append(row)
+    return found
+
+
+class _Diverged(Exception):
+    """A run stopped by a non-finite or diverging loss (the finding says which); `train` may retry it."""
+
+    def __init__(self, finding: diagnostics.Finding):
+        super().__init__(finding.message)
+        self.finding = finding
 
 
 def train(frame: pd.DataFrame, cfg: Config, out_dir: Path) -> TrainResult:
     """Train on the rows of `frame` (columns text and label: the input and the target, whatever the
-    task calls them); write the best epoch to out_dir/adapter and
-    the report to out_dir/train.json.
+    task calls them); write the best checkpoint to out_dir/adapter and the report to out_dir/train.json.
+
+    With `train.detectors` on, a non-finite or diverging loss stops the run; with
+    `train.retry_on_divergence` it starts once more from the same seed at a fifth of the learning
+    rate, and the report's findings say so.
 
     Args:
         frame: validated training rows.
@@ -316,9 +370,32 @@ def train(frame: pd.DataFrame, cfg: Config, out_dir: Path) -> TrainResult:
         out_dir: folder for checkpoints/ and the final adapter/ (written by the main process only).
 
     Raises:
-        TrainingError: when the model, method or device cannot be used.
+        TrainingError: when the model, method or device cannot be used, or the loss went non-finite or
+            diverged (again, after a retry): it names the step and the content hashes of the batch's rows.
         ConfigError: when the method does not fit the base (e.g. its positions).
     """
+    try:
+        return _train(frame, cfg, out_dir, [])
+    except _Diverged as stopped:
+        first = stopped.finding
+    if not cfg.train.retry_on_divergence:
+        raise TrainingError(f"{first.message} (train.retry_on_divergence is off)")
+    lowered = cfg.learning_rate() / 5
+    log.warning("%s; training again from the start at learning rate %g", first.message, lowered)
+    retried = diagnostics.Finding(first.kind, f"{first.message}; retried from the start at learning rate {lowered:g}, "
+                                              f"a fifth of {cfg.learning_rate():g}", first.step,
+                                  {**first.details, "retry_learning_rate": lowered})
+    slower = cfg.model_copy(update={"train": cfg.train.model_copy(update={"learning_rate": lowered})})
+    gc.collect()  # the first attempt's model and optimizer
+    try:
+        return _train(frame, slower, out_dir, [retried])
+    except _Diverged as again:
+        raise TrainingError(f"{again.finding.message} (also on the retry at learning rate {lowered:g}, after: "
+                            f"{first.message})") from None
+
+
+def _train(frame: pd.DataFrame, cfg: Config, out_dir: Path, findings: list[diagnostics.Finding]) -> TrainResult:
+    """One attempt of `train`; raises _Diverged when a detector stops it. `findings` start the report's list."""
     import torch
 
     started = time.perf_counter()
@@ -328,66 +405,128 @@ def train(frame: pd.DataFrame, cfg: Config, out_dir: Path) -> TrainResult:
     # Only once the model is built (a refused config loses nothing): a reused folder keeps nothing
     # of an earlier run, such as another method's weights beside this one's.
     if accelerator.is_main_process:
-        for stale in (out_dir / ADAPTER_DIR, out_dir / CHECKPOINTS_DIR):
-            shutil.rmtree(stale, ignore_errors=True)
+        for stale in (out_dir / ADAPTER_DIR, out_dir / CHECKPOINTS_DIR, *(out_dir / name for name in PLOTS.values())):
+            shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
         (out_dir / REPORT_FILE).unlink(missing_ok=True)
     accelerator.wait_for_everyone()
     trainable, total = modeling.parameter_counts(model)
     optimizer, schedule = _optimizer(model, cfg, total_steps)
     loader = _loader(tokenizer, fit, labels, cfg)
+    drawn = loader.batch_sampler  # `Batches`: which rows each batch of the pass holds
     model, optimizer, loader, schedule = accelerator.prepare(model, optimizer, loader, schedule)
     plain = accelerator.unwrap_model(model)
     allocate = getattr(getattr(plain, "base_model", None), "update_and_allocate", None)  # AdaLoRA's rank budget
     dev_targets = _targets(dev, labels)
-    say = log.info if accelerator.is_main_process else log.debug
+    say, warn = (log.info, log.warning) if accelerator.is_main_process else (log.debug, log.debug)
     say("training %s on %s (%s x%d, %s): %d train / %d dev rows, %d labels, %d of %d params trainable (%.2f%%)",
         meta.method["name"], cfg.model.base, device, accelerator.num_processes, cfg.train.precision, len(fit), len(dev),
         len(labels), trainable, total, 100 * trainable / total)
+    detect, scaled = cfg.train.detectors, accelerator.scaler is not None  # fp16's scaler skips inf-gradient steps itself
+    row_ids = [diagnostics.row_hash(text, label) for text, label in zip(fit["text"], fit["label"])] if detect else []
 
-    best = {"dev_loss": math.inf, "dev_accuracy": 0.0, "epoch": 0}
-    stale, step, seen, tokens, curve, window, stepping = 0, 0, 0, 0, [], [], 0.0
+    best = {"dev_loss": math.inf, "dev_accuracy": 0.0, "epoch": 0, "step": 0, "checkpoint": ""}
+    evaluations: list[dict] = []
+    stale, step, seen, tokens, curve, norms, window, stepping = 0, 0, 0, 0, [], [], [], 0.0
+
+    def evaluate(epoch: int, end_of_epoch: bool) -> bool:
+        """Score the dev rows, keep a checkpoint (every epoch's; a mid-epoch one while best); return
+        whether to stop (patience spent, or overfitting)."""
+        nonlocal best, stale
+        # Every rank scores the same dev rows; their mean is one figure, so all ranks stop together.
+        scored = accelerator.reduce(torch.tensor(_evaluate_dev(plain, tokenizer, dev, dev_targets, cfg, device),
+                                                 device=accelerator.device), "mean")
+        dev_loss, dev_acc = float(scored[0]), float(scored[1])
+        since = curve[evaluations[-1]["step"]:] if evaluations else curve
+        evaluations.append({"step": step, "epoch": epoch, "train_loss": sum(since) / max(len(since), 1),
+                            "dev_loss": dev_loss, "dev_accuracy": dev_acc})
+        improved = dev_loss < best["dev_loss"]
+        name = f"epoch-{epoch}" if end_of_epoch else f"step-{step}"
+        if accelerator.is_main_process and (end_of_epoch or improved):
+            modeling.save_adapter(plain, out_dir / CHECKPOINTS_DIR / name, meta)
+            if improved and best["checkpoint"].startswith("step-"):  # a mid-epoch checkpoint is kept only while best
+                shutil.rmtree(out_dir / CHECKPOINTS_DIR / best["checkpoint"], ignore_errors=True)
+        accelerator.wait_for_everyone()
+        say("epoch %d step %d: dev loss %.4f accuracy %.4f%s", epoch, step, dev_loss, dev_acc,
+            f" (checkpoint {name})" if end_of_epoch or improved else "")
+        if improved:
+            best, stale = {"dev_loss": dev_loss, "dev_accuracy": dev_acc, "epoch": epoch, "step": step, "checkpoint": name}, 0
+            return False
+        stale += 1
+        overfit = diagnostics.overfitting(evaluations, cfg.train.overfit_evaluations) if detect else None
+        if overfit is not None:
+            findings.append(overfit)
+            warn("%s", overfit.message)
+            return True
+        if cfg.train.patience and stale >= cfg.train.patience:
+            say("early stop: dev loss has not improved for %d evaluation(s)", stale)
+            return True
+        return False
+
     model.train()
+    stop = False
     for epoch in range(1, cfg.train.epochs + 1):
         epoch_started = time.perf_counter()
-        for batch in loader:
-            loss = _step(accelerator, model, optimizer, schedule, batch, cfg, allocate, step)
+        batches: list[int] = []  # the pass's batch numbers in this optimizer step
+        for number, batch in enumerate(loader):
+            try:
+                loss, norm = _step(accelerator, model, optimizer, schedule, batch, cfg, allocate, step)
+            except _NonFinite as bad:  # name the rows that cause it, else the step's rows
+                rows = [i for n in batches + [number] for i in drawn.drawn[n]]
+                culprits = _culprits(plain, tokenizer, fit, labels, rows, cfg, device) or rows
+                raise _Diverged(diagnostics.nonfinite(step + 1, bad.loss, bad.norm, [row_ids[i] for i in culprits],
+                                                      len(rows))) from None
             seen, tokens = seen + len(batch["labels"]), tokens + int(batch["attention_mask"].sum())
             window.append(loss.detach())
+            batches.append(number)
             if not accelerator.sync_gradients:
                 continue
             step += 1
             curve.append(accelerator.reduce(torch.stack(window).mean(), "mean").item())
             window = []
+            if detect:
+                norms.append(float(norm))
+                rows = [row_ids[i] for n in batches for i in drawn.drawn[n]]
+                bad = diagnostics.nonfinite(step, curve[-1], None if scaled else norms[-1], rows, len(rows))
+                if bad is None:
+                    bad = diagnostics.diverged(curve, norms, cfg.train.divergence_factor, cfg.train.grad_divergence_factor)
+                if bad is not None:
+                    raise _Diverged(bad)
+            batches = []
             if step % cfg.train.log_every == 0 or step == total_steps:
                 rate = seen * accelerator.num_processes / (stepping + time.perf_counter() - epoch_started)
                 left = (total_steps - step) * cfg.train.batch_size * cfg.train.gradient_accumulation / max(rate, 1e-9)
-                say("epoch %d/%d step %d/%d loss %.4f %.1f samples/s ~%.0fs left",
-                    epoch, cfg.train.epochs, step, total_steps, sum(curve[-5:]) / len(curve[-5:]), rate, left)
-        stepping += time.perf_counter() - epoch_started  # throughput counts training, not the dev pass
-        # Every rank scores the same dev rows; their mean is one figure, so all ranks stop together.
-        scored = accelerator.reduce(torch.tensor(_evaluate_dev(plain, tokenizer, dev, dev_targets, cfg, device),
-                                                 device=accelerator.device), "mean")
-        dev_loss, dev_acc = float(scored[0]), float(scored[1])
-        checkpoint = out_dir / CHECKPOINTS_DIR / f"epoch-{epoch}"
-        if accelerator.is_main_process:
-            modeling.save_adapter(plain, checkpoint, meta)
-        accelerator.wait_for_everyone()
-        say("epoch %d: dev loss %.4f accuracy %.4f (checkpoint %s)", epoch, dev_loss, dev_acc, checkpoint)
-        if dev_loss < best["dev_loss"]:
-            best, stale = {"dev_loss": dev_loss, "dev_accuracy": dev_acc, "epoch": epoch}, 0
-        else:
-            stale += 1
-            if cfg.train.patience and stale >= cfg.train.patience:
-                say("early stop: dev loss has not improved for %d epoch(s)", stale)
-                break
+                say("epoch %d/%d step %d/%d loss %.4f%s %.1f samples/s ~%.0fs left", epoch, cfg.train.epochs, step,
+                    total_steps, sum(curve[-5:]) / len(curve[-5:]), f" grad norm {norms[-1]:.3g}" if detect else "",
+                    rate, left)
+            if cfg.train.eval_every_steps and step % cfg.train.eval_every_steps == 0 and step % run.per_epoch:
+                stepping += time.perf_counter() - epoch_started  # throughput counts training, not the dev pass
+                stop = evaluate(epoch, end_of_epoch=False)
+                epoch_started = time.perf_counter()
+                if stop:
+                    break
+        stepping += time.perf_counter() - epoch_started
+        if stop or evaluate(epoch, end_of_epoch=True):
+            break
 
+    if detect:
+        findings.extend(diagnostics.grad_spikes(norms, cfg.train.grad_spike_factor))
+        spectra = diagnostics.spectra(plain)
+        health, collapse = diagnostics.rank_health(spectra, cfg.train.rank_tolerance)
+        health = {name: {**h, "values": spectra[name]["values"]} for name, h in health.items()}
+        if collapse is not None:
+            findings.append(collapse)
+    else:
+        health = {}
+    for finding in findings:
+        if finding.kind != "overfitting":  # said when it stopped the run
+            warn("finding: %s", finding.message)
     digests = _gather_digests(accelerator, plain)
     totals = accelerator.reduce(torch.tensor([seen, tokens], dtype=torch.float64, device=accelerator.device), "sum")
     adapter_dir = out_dir / ADAPTER_DIR
     if accelerator.is_main_process:
         if adapter_dir.exists():
             shutil.rmtree(adapter_dir)
-        shutil.copytree(out_dir / CHECKPOINTS_DIR / f"epoch-{best['epoch']}", adapter_dir)
+        shutil.copytree(out_dir / CHECKPOINTS_DIR / best["checkpoint"], adapter_dir)
     accelerator.wait_for_everyone()
     wall = time.perf_counter() - started
     result = TrainResult(
@@ -398,10 +537,14 @@ def train(frame: pd.DataFrame, cfg: Config, out_dir: Path) -> TrainResult:
         adapter_bytes=sum(f.stat().st_size for f in adapter_dir.iterdir() if f.is_file()), device=device,
         method=meta.method["name"], tokens_per_second=float(totals[1]) / stepping,
         cost=wall / 3600 * cfg.train.price_per_hour * accelerator.num_processes, processes=accelerator.num_processes,
-        precision=cfg.train.precision, loss_curve=curve, weights_sha256=digests,
+        precision=cfg.train.precision, loss_curve=curve, weights_sha256=digests, learning_rate=cfg.learning_rate(),
+        best_step=best["step"], grad_norms=norms, evaluations=evaluations, findings=[f.to_dict() for f in findings],
+        rank_health=health,
     )
     if accelerator.is_main_process:
         result.save(out_dir)
+        if detect:
+            plots.training(result, out_dir)
     return result
 
 
