@@ -240,9 +240,10 @@ def test_data_diff_without_revisions_still_renders():
 
 def test_no_champion_renders_without_comparison_sections(tmp_path):
     page, md = (p.read_text() for p in dossier.write(tmp_path, no_champion()))
-    assert re.findall(r'<section id="([^"]+)">', page) == ["verdict", "metrics", "confusion", "per-class", "data",
-                                                            "config"]
+    assert re.findall(r'<section id="([^"]+)">', page) == ["verdict", "metrics", "confusion", "per-class", "training",
+                                                            "data", "config"]
     assert "No champion: this is the first candidate" in page
+    assert "The training detectors found nothing." in section(page, "training")
     assert "<tr><td>macro_f1</td><td>0.6123</td></tr>" in section(page, "metrics")
     assert "| macro_f1 | 0.6123 |" in md
     for absent in ("McNemar", "Fixed:", "Broken:", "champion F1", "<caption>champion</caption>"):
@@ -315,9 +316,19 @@ def test_a_generative_dossier_shows_outputs_where_the_candidate_lost_most(tmp_pa
                 "decision": decide(candidate, champion, GateConfig(min_rows=1)).to_dict(), "candidate": candidate.to_dict(),
                 "champion": champion.to_dict(), "texts": ["in a", "in b", "in c"], "data_diff": None, "config_diff": []}
     parts = dossier.sections(evidence)
-    assert [p.key for p in parts] == ["verdict", "metrics", "outputs", "data", "config"]
+    assert [p.key for p in parts] == ["verdict", "metrics", "outputs", "training", "data", "config"]
     outputs = table(parts, "outputs")
     assert outputs.rows == [["in b", "ref b", "q", "y", "0.6000", "0.1000"], ["in a", "ref a", "p", "x", "0.5000", "0.5000"],
                             ["in c", "ref c", "r", "z", "0.2000", "0.9000"]]  # the largest loss first
     html, _ = dossier.write(tmp_path, evidence)
     assert "Largest ROUGE-L losses against the champion" in html.read_text()
+
+
+def test_training_findings_are_listed_with_their_step_and_remedy(tmp_path):
+    evidence = {**no_champion(), "findings": [
+        {"kind": "overfitting", "message": "overfitting at step 40: ...; stopped on the best checkpoint", "step": 40, "details": {}},
+        {"kind": "rank_collapse", "message": "rank collapse: 3 of 4 adapted modules ...", "step": None, "details": {}}]}
+    page, md = (p.read_text() for p in dossier.write(tmp_path, evidence))
+    assert ("<tr><td>overfitting</td><td>40</td><td>overfitting at step 40: ...; stopped on the best checkpoint</td></tr>"
+            in section(page, "training"))
+    assert "| rank_collapse | — | rank collapse: 3 of 4 adapted modules ... |" in md

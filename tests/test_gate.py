@@ -415,3 +415,26 @@ def test_failures_are_all_reported_together():
     assert [reason.split(" ")[0] for reason in decision.reasons] == [
         "accuracy", "macro-F1", "degenerate:", "accuracy", "macro_f1", "McNemar",
     ]
+
+
+# --- training findings
+
+
+FINDINGS = [{"kind": "overfitting", "message": "overfitting at step 16: ...", "step": 16, "details": {}},
+            {"kind": "grad_spike", "message": "gradient norm spike at step 9: ...", "step": 9, "details": {}}]
+
+
+def test_a_finding_in_refuse_findings_fails_an_otherwise_clear_win():
+    candidate, champion = reports(270, 110, 10, 10)
+    decision = decide(candidate, champion, GateConfig(), FINDINGS)
+    assert decision.passed is False
+    assert decision.reasons[0] == "training finding (overfitting, in gate.refuse_findings): overfitting at step 16: ..."
+    assert len(decision.reasons) == 4  # the comparison is still reported
+
+
+def test_findings_outside_refuse_findings_are_reported_only():
+    candidate, champion = reports(270, 110, 10, 10)
+    assert decide(candidate, champion, GateConfig(refuse_findings=["divergence"]), FINDINGS).passed is True
+    first = decide(single(90, 10), None, OPEN, FINDINGS)  # no champion: the floors and the findings
+    assert (first.passed, first.reasons[0]) == (False, "training finding (overfitting, in gate.refuse_findings): "
+                                                       "overfitting at step 16: ...")

@@ -261,4 +261,4 @@ def test_a_champion_of_another_task_resets_the_baseline_and_the_dossier_compares
     evidence = {"model": "m", "candidate_version": None, "champion_version": "1", "run": "r", "created": "now",
                 "decision": decision.to_dict(), "candidate": candidate.to_dict(), "champion": champion.to_dict(),
                 "texts": [f"prompt {i}" for i in range(candidate.rows)], "data_diff": None, "config_diff": []}
-    assert [p.key for p in dossier.sections(evidence)] == ["verdict", "metrics", "outputs", "data", "config"]
+    assert [p.key for p in dossier.sections(evidence)] == ["verdict", "metrics", "outputs", "training", "data", "config"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -43,6 +43,7 @@ class Evaluation:
     # Where the champion came from, for the dossier's data and config diffs: data_repo, data_rev,
     # data_path, and its run's params.
     champion_origin: dict | None = None
+    findings: list[dict] = field(default_factory=list)  # the candidate's training findings (train.json)
 
     def to_dict(self) -> dict:
         """Return a JSON-serializable form."""
@@ -52,7 +53,8 @@ class Evaluation:
     def from_dict(cls, raw: dict) -> "Evaluation":
         """Rebuild from `to_dict` output."""
         champion = EvalReport.from_dict(raw["champion"]) if raw["champion"] else None
-        return cls(EvalReport.from_dict(raw["candidate"]), champion, raw["champion_version"], raw.get("champion_origin"))
+        return cls(EvalReport.from_dict(raw["candidate"]), champion, raw["champion_version"], raw.get("champion_origin"),
+                   list(raw.get("findings") or []))
 
     def save(self, path: Path) -> None:
         """Write the scores file (what `load` reads)."""
@@ -126,9 +128,11 @@ def evaluate_step(cfg: Config, snapshot_dir: Path, adapter_dir: Path, work_dir: 
                         f"--out {snapshot_dir}` under this config")
     device = pick_device(cfg.runtime.device)
     candidate = evaluation.evaluate(adapter_dir, held_out, device, cfg.train.eval_batch_size, cfg.generation)
+    report = adapter_dir.parent / training.REPORT_FILE  # a training folder's: its detectors' findings go to the gate
+    findings = training.TrainResult.load(adapter_dir.parent).findings if report.is_file() else []
     champion = registry.fetch_champion(cfg.registry, work_dir / "champion")
     if champion is None:
-        return Evaluation(candidate, None, None)
+        return Evaluation(candidate, None, None, findings=findings)
     served = read_adapter_meta(champion.adapter_dir).task
     if served != candidate.task:  # its scores would not compare: the gate resets the baseline
         log.warning("the champion (version %s) is a %s model and the candidate a %s one: the champion is not scored",
@@ -139,13 +143,13 @@ def evaluate_step(cfg: Config, snapshot_dir: Path, adapter_dir: Path, work_dir: 
                                               cfg.generation)
     origin = {"data_repo": champion.record.data_repo, "data_rev": champion.record.data_rev,
               "data_path": champion.record.data_path, "params": champion.params}
-    return Evaluation(candidate, champion_report, champion.version, origin)
+    return Evaluation(candidate, champion_report, champion.version, origin, findings)
 
 
 def gate_step(cfg: Config, scores: Evaluation, snapshot_dir: Path | None = None, dossier_dir: Path | None = None) -> GateDecision:
     """Decide on the candidate (a pure function of the scores and the gate section); with a
     snapshot and a folder, also write the promotion dossier there (dossier.html, dossier.md)."""
-    decision = gate.decide(scores.candidate, scores.champion, cfg.gate)
+    decision = gate.decide(scores.candidate, scores.champion, cfg.gate, scores.findings)
     if snapshot_dir is not None and dossier_dir is not None:
         write_dossier(cfg, scores, decision, snapshot_dir, dossier_dir)
     return decision
@@ -191,6 +195,7 @@ def write_dossier(cfg: Config, scores: Evaluation, decision: GateDecision, snaps
         "decision": decision.to_dict(), "candidate": scores.candidate.to_dict(),
         "champion": scores.champion.to_dict() if scores.champion else None, "texts": held_out["text"].tolist(),
         "data_diff": diff, "config_diff": dossier.config_diff(old_params if scores.champion_origin else None, new_params),
+        "findings": scores.findings,
     }
     folder.mkdir(parents=True, exist_ok=True)
     return dossier.write(folder, evidence)
@@ -232,6 +237,8 @@ def candidate_record(
 ) -> Candidate:
     """Assemble the registry contract for one gated candidate: the version record, run metrics, params, reports."""
     meta = read_adapter_meta(adapter_dir)
+    if trained.get("learning_rate") and trained["learning_rate"] != cfg.learning_rate():  # a divergence retry's rate
+        cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"learning_rate": trained["learning_rate"]})})
     headline = {}
     for name, value in scores.candidate.metrics.items():  # the task's metrics: accuracy and macro_f1, ROUGE, perplexity
         low, high = scores.candidate.intervals[name]
@@ -247,6 +254,7 @@ def candidate_record(
         **{key: float(trained[key]) for key in EFFICIENCY + ("dev_loss", "dev_accuracy") if key in trained},
         "trainable_percent": 100 * trained["trainable_params"] / trained["total_params"],
         "latency_p50_ms": scores.candidate.latency_p50_ms, "latency_p95_ms": scores.candidate.latency_p95_ms,
+        "training_findings": len(trained.get("findings", [])),
     }
     record = VersionRecord(
         base_model=meta.base_model, base_sha256=meta.base_sha256, tokenizer_sha256=meta.tokenizer_sha256, task=meta.task,
@@ -258,8 +266,11 @@ def candidate_record(
     )
     params = _params(cfg)
     reports = {"evaluation": scores.to_dict(), "gate": decision.to_dict(), "train": trained, "data": snapshot.to_dict()}
+    history = {"train_loss": trained.get("loss_curve", []), "grad_norm": trained.get("grad_norms", [])}
+    plots = [adapter_dir.parent / name for name in training.PLOTS.values() if (adapter_dir.parent / name).is_file()]
     return Candidate(adapter_dir=adapter_dir, record=record, params=params, metrics=metrics, reports=reports,
-                     documents=documents or {})
+                     documents=documents or {}, history={k: v for k, v in history.items() if v},
+                     files={"diagnostics": plots} if plots else {})
 
 
 def register_step(

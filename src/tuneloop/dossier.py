@@ -151,7 +151,7 @@ def sections(evidence: dict) -> list[Section]:
 
     Reads model, candidate_version, champion_version, run, created; decision (passed, manual, policy,
     reasons, metric, stats, mcnemar, slices); candidate and champion reports (labels, confusion,
-    per_class_f1, truth, predictions, rows); texts; data_diff; config_diff. Other keys are ignored.
+    per_class_f1, truth, predictions, rows); texts; findings; data_diff; config_diff. Other keys are ignored.
     """
     decision, candidate, champion = evidence["decision"], evidence["candidate"], evidence.get("champion")
     if champion is not None and champion.get("task") != candidate.get("task"):  # another task: nothing compares
@@ -166,7 +166,7 @@ def sections(evidence: dict) -> list[Section]:
         parts.extend(_flip_sections(evidence.get("texts"), candidate, champion))
     if decision.get("slices"):
         parts.append(_slices(decision["slices"]))
-    parts += [_data(evidence.get("data_diff")), _config(evidence.get("config_diff") or [])]
+    parts += [_training(evidence.get("findings")), _data(evidence.get("data_diff")), _config(evidence.get("config_diff") or [])]
     return parts
 
 
@@ -310,6 +310,13 @@ def _slices(slices: list[dict]) -> Section:
             for s in slices]
     headers = ["slice", "rows", "worst metric", "delta (points)", "95% upper bound", "gated", "passed"]
     return Section("slices", "Slices", [("table", Table(headers, rows))])
+
+
+def _training(findings: list[dict] | None) -> Section:
+    if not findings:
+        return Section("training", "Training diagnostics", [("p", "The training detectors found nothing.")])
+    rows = [[f["kind"], NONE if f.get("step") is None else str(f["step"]), f["message"]] for f in findings]
+    return Section("training", "Training diagnostics", [("table", Table(["finding", "step", "what was seen, and what to do"], rows))])
 
 
 def _data(diff: dict | None) -> Section:

@@ -255,13 +255,16 @@ def _without_comparison(
     )
 
 
-def decide(candidate: EvalReport, champion: EvalReport | None, cfg: GateConfig) -> GateDecision:
+def decide(candidate: EvalReport, champion: EvalReport | None, cfg: GateConfig,
+           findings: list[dict] | None = None) -> GateDecision:
     """Decide whether the candidate may replace the champion.
 
     Args:
         candidate: the new adapter's scores on the held-out rows, with its per-row results.
         champion: the serving adapter's scores on the same rows, or None when nothing serves yet.
         cfg: the gate section.
+        findings: the training run's detector findings (`diagnostics.Finding.to_dict`); those of a
+            kind in `gate.refuse_findings` fail the candidate.
 
     Returns:
         The decision: `passed` is False for a rejection and for a refusal to decide (too few rows);
@@ -278,6 +281,8 @@ def decide(candidate: EvalReport, champion: EvalReport | None, cfg: GateConfig) 
         raise DataError(f"gate.metrics {missing} are not scores of this {candidate.task} evaluation "
                         f"({', '.join(candidate.metrics)}); set gate.metrics to some of them")
     failures = _floors(candidate, cfg) + (_degenerate(candidate) if cfg.reject_degenerate else [])
+    failures += [f"training finding ({f['kind']}, in gate.refuse_findings): {f['message']}"
+                 for f in findings or [] if f["kind"] in cfg.refuse_findings]
     changed = champion is not None and (champion.task != candidate.task or set(champion.model_labels) != set(candidate.model_labels))
     if champion is None or changed:
         return _without_comparison(candidate, champion, cfg, failures)

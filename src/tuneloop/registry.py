@@ -183,6 +183,8 @@ class Candidate:
     metrics: dict[str, float]
     reports: dict[str, dict]
     documents: dict[str, str] = field(default_factory=dict)  # artifact path -> text (the dossier)
+    history: dict[str, list[float]] = field(default_factory=dict)  # metric -> its value at each training step
+    files: dict[str, list[Path]] = field(default_factory=dict)  # artifact folder -> files logged into it (plots)
 
     @property
     def passed(self) -> bool:
@@ -401,6 +403,8 @@ def _prepared(candidate: Candidate) -> tuple[list, dict[str, str]]:
     now = int(datetime.now(timezone.utc).timestamp() * 1000)
     try:
         metrics = [Metric(k, float(v), now, 0) for k, v in candidate.metrics.items()]
+        metrics += [Metric(k, float(v), now, step) for k, values in candidate.history.items()
+                    for step, v in enumerate(values, start=1)]
         reports = {f"reports/{name}.json": json.dumps(report, indent=2) for name, report in candidate.reports.items()}
         reports.update(candidate.documents)
     except (TypeError, ValueError) as exc:
@@ -435,6 +439,9 @@ def _write(client: Any, cfg: RegistryConfig, candidate: Candidate, run_name: str
     client.log_batch(run_id, metrics=metrics, params=params, tags=tags)
     for path, text in reports.items():
         client.log_text(run_id, text, path)
+    for folder, paths in candidate.files.items():
+        for path in paths:
+            client.log_artifact(run_id, str(path), folder)
     # A fully fine-tuned model is registered as the model it is, not as an adapter.
     kind = "model" if methods.get(candidate.record.method).full else "adapter"
     client.log_artifacts(run_id, str(candidate.adapter_dir), kind)
