@@ -13,13 +13,13 @@ import logging
 import os
 import posixpath
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from tuneloop import gitrepo, tables, validation
+from tuneloop import gitrepo, leakage, tables, validation
 from tuneloop.config import DataConfig
 from tuneloop.errors import DataError, Interrupted, WorkspaceError
 
@@ -52,6 +52,10 @@ class Snapshot:
     held_out_rows: int
     labels: list[str]
     slice_column: str | None = None  # the held-out rows carry a `slice` column read from it
+    # Near-duplicate (train, held-out) pairs found, {train_row, held_out_row, jaccard}, and what data.on_leak did
+    # with them: "warned" (kept), "dropped" (the training rows removed), "" when none was found.
+    near_duplicates: list[dict] = field(default_factory=list)
+    leak_action: str = ""
 
     def to_dict(self) -> dict:
         """Return a JSON-serializable form."""
@@ -329,14 +333,17 @@ def prepare(
         train, held_out = frame[~mask], frame[mask]
     source = f"{cfg.path}@{resolved[:8]}"
     report, train, held_out = _validate(cfg, train, held_out, source, champion_labels, min_train_rows, rules)
+    report, train, leaks = _leaks(cfg, report, train, held_out)
+    action = ("dropped" if cfg.on_leak == "drop" else "warned") if leaks else ""
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / REPORT_FILE).write_text(json.dumps(report.to_dict(), indent=2))
+    (out_dir / REPORT_FILE).write_text(json.dumps({**report.to_dict(), "near_duplicates": leaks, "leak_action": action}, indent=2))
     validation.raise_for_problems(report)
     tables.write_frame(train, out_dir / TRAIN_FILE)
     tables.write_frame(held_out, out_dir / HELD_OUT_FILE)
     snapshot = Snapshot(
         repo=cfg.repo, rev=resolved, path=cfg.path, eval_path=cfg.eval_path, sha256=hashes,
         train_rows=len(train), held_out_rows=len(held_out), labels=report.labels, slice_column=cfg.slice_column,
+        near_duplicates=leaks, leak_action=action,
     )
     (out_dir / META_FILE).write_text(json.dumps(snapshot.to_dict(), indent=2))
     log.info("snapshot %s: %d train / %d held-out rows, labels %s", source, len(train), len(held_out), report.labels)
@@ -365,6 +372,38 @@ def _validate(
     train = train.head(cfg.max_train_rows) if cfg.max_train_rows else train
     held_out = held_out.head(cfg.max_eval_rows) if cfg.max_eval_rows else held_out
     return validation.merge_capped(report, judge(train, held_out), " and ".join(caps)), train, held_out
+
+
+def _leaks(cfg: DataConfig, report: validation.ValidationReport, train: pd.DataFrame, held_out: pd.DataFrame,
+           ) -> tuple[validation.ValidationReport, pd.DataFrame, list[dict]]:
+    """Find near-duplicate (training, held-out) pairs; by data.on_leak, log them (warn), add them to the
+    report as problems (fail), or remove the training rows involved (drop). Returns the report, the
+    training rows, and the pairs found (file row numbers) unless they failed the data."""
+    if not report.ok or train.empty or held_out.empty:  # an invalid dataset fails on what is wrong first
+        return report, train, []
+    pairs = leakage.near_duplicates(train["text"].tolist(), held_out["text"].tolist(), cfg.leak_threshold, cfg.leak_shingles)
+    found = [{"train_row": int(train["row"].iloc[p.train]), "held_out_row": int(held_out["row"].iloc[p.held_out]),
+              "jaccard": p.jaccard} for p in pairs]
+    if not found:
+        return report, train, []
+    rows = sorted({p.train for p in pairs})
+    shown = ", ".join(f"train row {f['train_row']} ~ held_out row {f['held_out_row']} ({f['jaccard']:.2f})"
+                      for f in found[:5]) + (" ..." if len(found) > 5 else "")
+    if cfg.on_leak == "warn":
+        log.warning("%d training row(s) are near-duplicates of held-out rows, which rewards memorizing them: %s; "
+                    "set data.on_leak: drop to train without them, or fail to stop", len(rows), shown)
+        return report, train, found
+    if cfg.on_leak == "drop":
+        log.warning("dropped %d training row(s) that are near-duplicates of held-out rows (data.on_leak: drop): %s",
+                    len(rows), shown)
+        kept = train.drop(train.index[rows])
+        return replace(report, train_rows=len(kept)), kept, found
+    problems = [validation.Problem(
+        "near_duplicate", f"row {f['held_out_row']} (held_out) is a near-duplicate of train row {f['train_row']} "
+                          f"(Jaccard {f['jaccard']:.2f} over {cfg.leak_shingles[:-1]} 5-grams, data.leak_threshold "
+                          f"{cfg.leak_threshold:g}); remove one of them, or set data.on_leak: drop", "held_out",
+        f["held_out_row"]) for f in found]
+    return replace(report, problems=report.problems + problems), train, []
 
 
 def load_snapshot(snapshot_dir: Path) -> tuple[Snapshot, pd.DataFrame, pd.DataFrame]:

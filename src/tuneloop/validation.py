@@ -30,7 +30,7 @@ CHECKS = (
     "undecodable", "invalid_unicode", "not_a_string", "control_characters", "too_long",
     "missing_text", "missing_label", "missing_slice", "label_whitespace", "unknown_label",
     "single_class", "label_set_changed", "target_too_long",
-    "overlap", "conflicting_labels", "duplicate",
+    "overlap", "near_duplicate", "conflicting_labels", "duplicate",
 )
 SPLITS = ("train", "held_out", "file")  # "file": one data file judged on its own, before `data add`
 # model.max_length is at most 8192 tokens, about 33k characters of English at ~4 per token, so no
