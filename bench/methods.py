@@ -19,8 +19,12 @@
     `training.train` for 8 steps, unquantized and with a 4-bit NF4 base. Each side in a fresh
     process; its peak RSS, and the same minus the process's RSS after importing torch and
     transformers. Ratio 4-bit ÷ unquantized (goal <= 0.5).
+(d) Detector overhead: the (a) tuneloop fp32 grouped run with `train.detectors` on (the default:
+    a pre-clip gradient norm read every step, the non-finite and divergence checks, spikes,
+    overfitting, rank spectra at the end) and off, alternating, `--repeats` times each. Ratio of the
+    mean samples/s, on ÷ off (goal >= 0.95).
 
-    python bench/methods.py [--rows 3000] [--epochs 3] [--repeats 2] [--skip-memory] [--skip-throughput]
+    python bench/methods.py [--rows 3000] [--epochs 3] [--repeats 2] [--skip-memory] [--skip-throughput] [--skip-detectors]
 """
 
 from __future__ import annotations
@@ -146,6 +150,27 @@ def throughput(args: argparse.Namespace) -> None:
         print(f"{name:28s} {rate:10.1f} {rate / plain_rate:6.3f} {accuracy:9.4f} {100 * (accuracy - plain_accuracy):+8.2f}pt")
 
 
+def detectors(args: argparse.Namespace) -> None:
+    """Samples/s of the same run with the failure-mode detectors on and off, alternating."""
+    counts = Counter(text for text, _ in rows("train"))
+    train_rows = [row for row in rows("train") if counts[row[0]] == 1]
+    random.Random(0).shuffle(train_rows)
+    frame = pd.DataFrame(train_rows[:args.rows], columns=["text", "label"])
+    held_out = pd.DataFrame([row for row in rows("val") if row[0] not in counts][:HELD_OUT], columns=["text", "label"])
+    figures: dict[bool, list[float]] = {True: [], False: []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for repeat in range(args.repeats):
+            for on in ((True, False) if repeat % 2 == 0 else (False, True)):
+                cfg = config(args.epochs)
+                cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"detectors": on})})
+                rate, accuracy = tuneloop_loop(frame, cfg, held_out, Path(tmp) / f"{repeat}-{on}")
+                figures[on].append(rate)
+                print(f"round {repeat + 1} detectors {'on ' if on else 'off'} {rate:7.1f} samples/s  held-out accuracy "
+                      f"{accuracy:.4f}", flush=True)
+    on, off = (sum(figures[side]) / args.repeats for side in (True, False))
+    print(f"\ndetectors on {on:.1f} samples/s, off {off:.1f}: ratio on / off {on / off:.3f} (goal >= 0.95)")
+
+
 CHILD = r'''
 import json, sys
 import pandas as pd
@@ -240,6 +265,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--skip-detectors", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
@@ -247,6 +273,8 @@ def main() -> None:
         throughput(args)
     if not args.skip_memory:
         memory(args)
+    if not args.skip_detectors:
+        detectors(args)
 
 
 if __name__ == "__main__":
