@@ -254,6 +254,7 @@ def candidate_record(
         **{key: float(trained[key]) for key in EFFICIENCY + ("dev_loss", "dev_accuracy") if key in trained},
         "trainable_percent": 100 * trained["trainable_params"] / trained["total_params"],
         "latency_p50_ms": scores.candidate.latency_p50_ms, "latency_p95_ms": scores.candidate.latency_p95_ms,
+        "latency_p99_ms": scores.candidate.latency_p99_ms,
         "training_findings": len(trained.get("findings", [])),
     }
     record = VersionRecord(

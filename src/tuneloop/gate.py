@@ -40,6 +40,7 @@ from tuneloop.evaluation import EvalReport
 
 MANUAL = "promote it by hand after review (`tuneloop registry promote`)"
 POLICIES = ("compared", "first_run", "reset_baseline", "too_few_rows")
+LATENCY_SLACK_MS = 5.0  # a latency ratio fails only past this many milliseconds slower as well
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,19 @@ def _floors(candidate: EvalReport, cfg: GateConfig) -> list[str]:
     if candidate.macro_f1 < cfg.min_macro_f1:
         failures.append(f"macro-F1 {candidate.macro_f1:.4f} is below the floor gate.min_macro_f1={cfg.min_macro_f1}")
     return failures
+
+
+def _latency(candidate: EvalReport, champion: EvalReport, cfg: GateConfig) -> list[str]:
+    """A failure when the candidate's p99 single-text latency is over gate.max_latency_ratio times the
+    champion's (both timed in the same evaluation step, on the same texts) and slower by more than
+    LATENCY_SLACK_MS, so a millisecond of scheduling noise on a tiny model fails nothing."""
+    new, old = candidate.latency_p99_ms, champion.latency_p99_ms
+    if not cfg.max_latency_ratio or new <= 0 or old <= 0:  # unmeasured (a report from before p99 was kept)
+        return []
+    if new / old <= cfg.max_latency_ratio or new - old <= LATENCY_SLACK_MS:
+        return []
+    return [f"latency: p99 {new:.1f} ms per text is {new / old:.2f}x the champion's {old:.1f} ms, over "
+            f"gate.max_latency_ratio={cfg.max_latency_ratio:g}; serve it only if the slowdown is worth it (raise the ratio)"]
 
 
 def _degenerate(candidate: EvalReport) -> list[str]:
@@ -294,6 +308,7 @@ def decide(candidate: EvalReport, champion: EvalReport | None, cfg: GateConfig,
         return GateDecision(passed=False, reasons=failures + [refusal], metric=cfg.metric, candidate=value,
                             champion=baseline, policy="too_few_rows", stats=_uncompared(candidate, champion, cfg))
     stats, test, slices, reasons, failed = _compare(candidate, champion, cfg)
+    failures += _latency(candidate, champion, cfg)
     return GateDecision(
         passed=not failures and not failed, reasons=failures + reasons, metric=cfg.metric, candidate=value,
         champion=baseline, policy="compared", stats=stats, mcnemar=test, slices=slices,
