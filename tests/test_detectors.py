@@ -132,3 +132,24 @@ def test_with_the_detectors_off_nothing_is_measured_or_drawn(tiny_model, tmp_pat
     result = training.train(tickets(), config(tiny_model, train={"detectors": False}), tmp_path / "run")
     assert (result.grad_norms, result.findings, result.rank_health) == ([], [], {})
     assert [name for name in training.PLOTS.values() if (tmp_path / "run" / name).exists()] == []
+
+
+def test_an_overfit_candidate_goes_through_the_cycle_and_is_registered_rejected(workspace, tmp_path):
+    from tuneloop import cycle, data, registry
+    from tuneloop.config import load_config
+
+    rng = random.Random(0)
+    labels = sorted(synthetic.LABELS)
+    noise = [(text, rng.choice(labels)) for text, _ in synthetic.generate_tickets(1, 120, seed=0)]
+    cfg = load_config(workspace)
+    rev = data.add_dataset(workspace.parent, synthetic.write_csv(noise, tmp_path / "noise.csv"), "tickets", cfg.data).rev
+    cfg = cfg.model_copy(update={
+        "method": parse_config({"method": {"name": "full"}}).method,
+        "train": cfg.train.model_copy(update={"epochs": 40, "patience": 0, "learning_rate": 0.001, "dev_fraction": 0.25})})
+    decision, registered = cycle.run_cycle(cfg, rev, tmp_path / "work")
+    assert decision.passed is False
+    assert decision.reasons[0].startswith("training finding (overfitting, in gate.refuse_findings): overfitting at step ")
+    assert registry.show(cfg.registry, registered.version)["record"]["gate"] == "rejected"
+    assert registry.fetch_champion(cfg.registry, tmp_path / "champion") is None  # nothing promoted
+    page = (tmp_path / "work" / "dossier" / "dossier.html").read_text()
+    assert '<section id="training">' in page and "<td>overfitting</td>" in page

@@ -111,6 +111,23 @@ def test_register_records_the_run(cfg, adapter):
     assert [a.path for a in client.list_artifacts(registered.run_id, "reports")] == ["reports/gate.json"]
 
 
+def test_register_logs_the_training_curves_per_step_and_the_plots(cfg, adapter, tmp_path):
+    from dataclasses import replace
+
+    from mlflow import MlflowClient
+
+    plot = tmp_path / "train_dev_gap.png"
+    plot.write_bytes(b"\x89PNG\r\n\x1a\n")
+    found = replace(candidate(adapter), history={"train_loss": [1.5, 1.25, 1.0], "grad_norm": [0.5, 0.75, 0.25]},
+                    files={"diagnostics": [plot]})
+    registered = registry.register(cfg, found, "run-1")
+    client = MlflowClient(tracking_uri=cfg.tracking_uri)
+    history = sorted((m.step, m.value) for m in client.get_metric_history(registered.run_id, "train_loss"))
+    assert history == [(1, 1.5), (2, 1.25), (3, 1.0)]
+    assert [m.value for m in sorted(client.get_metric_history(registered.run_id, "grad_norm"), key=lambda m: m.step)] == [0.5, 0.75, 0.25]
+    assert [a.path for a in client.list_artifacts(registered.run_id, "diagnostics")] == ["diagnostics/train_dev_gap.png"]
+
+
 def test_rejected_candidate_is_registered_with_its_reasons_and_no_alias(cfg, adapter):
     registry.register(cfg, candidate(adapter, passed=False, macro_f1=0.3), "run-1")
     [row] = registry.status(cfg)["versions"]

@@ -29,6 +29,8 @@ def train(
         f"trained {out / 'adapter'}: best epoch {result.best_epoch}/{result.epochs_run}, dev {'token ' if not result.labels else ''}accuracy "
         f"{result.dev_accuracy:.4f}, {result.trainable_params:,} trainable params, {result.wall_seconds:.0f}s"
     )
+    for finding in result.findings:  # the detectors' findings, one line each
+        typer.echo(f"finding ({finding['kind']}): {finding['message']}")
 
 
 def evaluate(
