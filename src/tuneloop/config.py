@@ -102,6 +102,10 @@ class DataConfig(Strict):
     eval_path: Annotated[Name | None, AfterValidator(_data_file)] = Field(
         None, description="Frozen held-out file inside the repo; when unset, a stable hash split of `path`."
     )
+    ood_eval_path: Annotated[Name | None, AfterValidator(_data_file)] = Field(
+        None, description="An out-of-domain held-out file (same columns, the training labels), scored and gated like "
+                          "the held-out rows: a candidate must not fall behind the champion on it either.",
+    )
     eval_fraction: float = Field(
         0.2, gt=0.0, lt=1.0, description="Share of rows held out when `eval_path` is unset."
     )
@@ -149,6 +153,11 @@ class DataConfig(Strict):
             raise ValueError(
                 f"data.eval_path is data.path ({self.path!r}): the model would be judged on its own training rows; "
                 "point eval_path at a separate held-out file or remove it"
+            )
+        if self.ood_eval_path is not None and self.ood_eval_path in (self.path, self.eval_path):
+            raise ValueError(
+                f"data.ood_eval_path {self.ood_eval_path!r} is also data.path or data.eval_path; name a separate "
+                "out-of-domain file or remove it"
             )
         if self.slice_column in (self.text_column, self.label_column):
             raise ValueError(

@@ -44,6 +44,9 @@ class Evaluation:
     # data_path, and its run's params.
     champion_origin: dict | None = None
     findings: list[dict] = field(default_factory=list)  # the candidate's training findings (train.json)
+    # Both models' scores on data.ood_eval_path's rows (None without the file, or no champion).
+    ood_candidate: EvalReport | None = None
+    ood_champion: EvalReport | None = None
 
     def to_dict(self) -> dict:
         """Return a JSON-serializable form."""
@@ -52,9 +55,11 @@ class Evaluation:
     @classmethod
     def from_dict(cls, raw: dict) -> "Evaluation":
         """Rebuild from `to_dict` output."""
-        champion = EvalReport.from_dict(raw["champion"]) if raw["champion"] else None
-        return cls(EvalReport.from_dict(raw["candidate"]), champion, raw["champion_version"], raw.get("champion_origin"),
-                   list(raw.get("findings") or []))
+        def report(key: str) -> EvalReport | None:
+            return EvalReport.from_dict(raw[key]) if raw.get(key) else None
+        return cls(EvalReport.from_dict(raw["candidate"]), report("champion"), raw["champion_version"],
+                   raw.get("champion_origin"), list(raw.get("findings") or []), report("ood_candidate"),
+                   report("ood_champion"))
 
     def save(self, path: Path) -> None:
         """Write the scores file (what `load` reads)."""
@@ -130,9 +135,12 @@ def evaluate_step(cfg: Config, snapshot_dir: Path, adapter_dir: Path, work_dir: 
     candidate = evaluation.evaluate(adapter_dir, held_out, device, cfg.train.eval_batch_size, cfg.generation)
     report = adapter_dir.parent / training.REPORT_FILE  # a training folder's: its detectors' findings go to the gate
     findings = training.TrainResult.load(adapter_dir.parent).findings if report.is_file() else []
+    ood = data.load_ood(snapshot_dir)
+    ood_candidate = None if ood is None else evaluation.evaluate(adapter_dir, ood, device, cfg.train.eval_batch_size,
+                                                                 cfg.generation)
     champion = registry.fetch_champion(cfg.registry, work_dir / "champion")
     if champion is None:
-        return Evaluation(candidate, None, None, findings=findings)
+        return Evaluation(candidate, None, None, findings=findings, ood_candidate=ood_candidate)
     served = read_adapter_meta(champion.adapter_dir).task
     if served != candidate.task:  # its scores would not compare: the gate resets the baseline
         log.warning("the champion (version %s) is a %s model and the candidate a %s one: the champion is not scored",
@@ -141,15 +149,22 @@ def evaluate_step(cfg: Config, snapshot_dir: Path, adapter_dir: Path, work_dir: 
     else:
         champion_report = evaluation.evaluate(champion.adapter_dir, held_out, device, cfg.train.eval_batch_size,
                                               cfg.generation)
+    ood_champion = None
+    if ood is not None and champion_report.rows:
+        ood_champion = evaluation.evaluate(champion.adapter_dir, ood, device, cfg.train.eval_batch_size, cfg.generation)
     origin = {"data_repo": champion.record.data_repo, "data_rev": champion.record.data_rev,
               "data_path": champion.record.data_path, "params": champion.params}
-    return Evaluation(candidate, champion_report, champion.version, origin, findings)
+    return Evaluation(candidate, champion_report, champion.version, origin, findings, ood_candidate, ood_champion)
 
 
 def gate_step(cfg: Config, scores: Evaluation, snapshot_dir: Path | None = None, dossier_dir: Path | None = None) -> GateDecision:
     """Decide on the candidate (a pure function of the scores and the gate section); with a
     snapshot and a folder, also write the promotion dossier there (dossier.html, dossier.md)."""
     decision = gate.decide(scores.candidate, scores.champion, cfg.gate, scores.findings)
+    if scores.ood_candidate is not None:  # gated like the held-out rows, on their own interval
+        champion = scores.ood_champion if scores.champion is not None and scores.champion.rows else None
+        ood = gate.decide(scores.ood_candidate, champion, cfg.gate)
+        decision = gate.combine(decision, ood, scores.ood_candidate.rows)
     if snapshot_dir is not None and dossier_dir is not None:
         write_dossier(cfg, scores, decision, snapshot_dir, dossier_dir)
     return decision
@@ -195,7 +210,9 @@ def write_dossier(cfg: Config, scores: Evaluation, decision: GateDecision, snaps
         "decision": decision.to_dict(), "candidate": scores.candidate.to_dict(),
         "champion": scores.champion.to_dict() if scores.champion else None, "texts": held_out["text"].tolist(),
         "data_diff": diff, "config_diff": dossier.config_diff(old_params if scores.champion_origin else None, new_params),
-        "findings": scores.findings,
+        "findings": scores.findings, "ood": None if scores.ood_candidate is None else {
+            "candidate": scores.ood_candidate.metrics, "champion": scores.ood_champion.metrics if scores.ood_champion else None,
+            "rows": scores.ood_candidate.rows, "path": cfg.data.ood_eval_path, "decision": decision.ood},
     }
     folder.mkdir(parents=True, exist_ok=True)
     return dossier.write(folder, evidence)
@@ -245,6 +262,8 @@ def candidate_record(
         headline.update({name: value, f"{name}_ci_low": low, f"{name}_ci_high": high})
     if scores.champion:
         headline.update({f"champion_{name}": value for name, value in scores.champion.metrics.items()})
+    if scores.ood_candidate is not None:  # the out-of-domain rows' scores
+        headline.update({f"ood_{name}": value for name, value in scores.ood_candidate.metrics.items()})
     for name, stat in (decision.stats or {}).items():
         if stat.get("ci_low_points") is not None:
             headline.update({f"delta_{name}_ci_low_points": stat["ci_low_points"], f"delta_{name}_ci_high_points": stat["ci_high_points"]})

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 REMOTE_NAME = "local"
 TRAIN_FILE, HELD_OUT_FILE, META_FILE, REPORT_FILE = "train.jsonl", "held_out.jsonl", "meta.json", "validation.json"
+OOD_FILE = "ood.jsonl"  # data.ood_eval_path's rows, when set
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,8 @@ class Snapshot:
     # with them: "warned" (kept), "dropped" (the training rows removed), "" when none was found.
     near_duplicates: list[dict] = field(default_factory=list)
     leak_action: str = ""
+    ood_eval_path: str | None = None  # the out-of-domain held-out file, and its rows (OOD_FILE)
+    ood_rows: int = 0
 
     def to_dict(self) -> dict:
         """Return a JSON-serializable form."""
@@ -338,12 +341,15 @@ def prepare(
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / REPORT_FILE).write_text(json.dumps({**report.to_dict(), "near_duplicates": leaks, "leak_action": action}, indent=2))
     validation.raise_for_problems(report)
+    ood = _ood(cfg, resolved, train, report, hashes, min_train_rows, rules) if cfg.ood_eval_path else None
     tables.write_frame(train, out_dir / TRAIN_FILE)
     tables.write_frame(held_out, out_dir / HELD_OUT_FILE)
+    if ood is not None:
+        tables.write_frame(ood, out_dir / OOD_FILE)
     snapshot = Snapshot(
         repo=cfg.repo, rev=resolved, path=cfg.path, eval_path=cfg.eval_path, sha256=hashes,
         train_rows=len(train), held_out_rows=len(held_out), labels=report.labels, slice_column=cfg.slice_column,
-        near_duplicates=leaks, leak_action=action,
+        near_duplicates=leaks, leak_action=action, ood_eval_path=cfg.ood_eval_path, ood_rows=0 if ood is None else len(ood),
     )
     (out_dir / META_FILE).write_text(json.dumps(snapshot.to_dict(), indent=2))
     log.info("snapshot %s: %d train / %d held-out rows, labels %s", source, len(train), len(held_out), report.labels)
@@ -404,6 +410,23 @@ def _leaks(cfg: DataConfig, report: validation.ValidationReport, train: pd.DataF
                           f"{cfg.leak_threshold:g}); remove one of them, or set data.on_leak: drop", "held_out",
         f["held_out_row"]) for f in found]
     return replace(report, problems=report.problems + problems), train, []
+
+
+def _ood(cfg: DataConfig, rev: str, train: pd.DataFrame, report: validation.ValidationReport, hashes: dict[str, str],
+         min_train_rows: int, rules: validation.Rules) -> pd.DataFrame:
+    """Read and validate data.ood_eval_path at `rev` as held-out rows of the training rows (its row
+    checks, no text shared with training, only training labels); record its hash in `hashes`."""
+    ood, _, hashes[cfg.ood_eval_path] = _load(cfg, rev, cfg.ood_eval_path, "data.ood_eval_path", slices=False)
+    checked = validation.validate(train, ood, source=f"{cfg.ood_eval_path}@{rev[:8]}", allowed_labels=cfg.labels,
+                                  allow_duplicates=cfg.allow_duplicates, min_train_rows=min_train_rows, rules=rules)
+    validation.raise_for_problems(checked)
+    return ood
+
+
+def load_ood(snapshot_dir: Path) -> pd.DataFrame | None:
+    """A snapshot's out-of-domain held-out rows, or None when it has none."""
+    path = snapshot_dir / OOD_FILE
+    return tables.read_frame(path) if path.is_file() else None
 
 
 def load_snapshot(snapshot_dir: Path) -> tuple[Snapshot, pd.DataFrame, pd.DataFrame]:

@@ -151,7 +151,7 @@ def sections(evidence: dict) -> list[Section]:
 
     Reads model, candidate_version, champion_version, run, created; decision (passed, manual, policy,
     reasons, metric, stats, mcnemar, slices); candidate and champion reports (labels, confusion,
-    per_class_f1, truth, predictions, rows); texts; findings; data_diff; config_diff. Other keys are ignored.
+    per_class_f1, truth, predictions, rows); texts; ood; findings; data_diff; config_diff. Other keys are ignored.
     """
     decision, candidate, champion = evidence["decision"], evidence["candidate"], evidence.get("champion")
     if champion is not None and champion.get("task") != candidate.get("task"):  # another task: nothing compares
@@ -166,6 +166,8 @@ def sections(evidence: dict) -> list[Section]:
         parts.extend(_flip_sections(evidence.get("texts"), candidate, champion))
     if decision.get("slices"):
         parts.append(_slices(decision["slices"]))
+    if evidence.get("ood"):
+        parts.append(_ood(evidence["ood"]))
     parts += [_training(evidence.get("findings")), _data(evidence.get("data_diff")), _config(evidence.get("config_diff") or [])]
     return parts
 
@@ -310,6 +312,17 @@ def _slices(slices: list[dict]) -> Section:
             for s in slices]
     headers = ["slice", "rows", "worst metric", "delta (points)", "95% upper bound", "gated", "passed"]
     return Section("slices", "Slices", [("table", Table(headers, rows))])
+
+
+def _ood(ood: dict) -> Section:
+    champion = ood.get("champion") or {}
+    rows = [[name, _score(value), _score(champion.get(name))] for name, value in ood["candidate"].items()]
+    verdict_line = "passed" if (ood.get("decision") or {}).get("passed") else "not passed"
+    blocks: list[Block] = [("p", f"{ood['rows']} rows of {ood.get('path') or 'the out-of-domain file'}, gated like the "
+                                 f"held-out rows: {verdict_line}."),
+                           ("table", Table(["metric", "candidate", "champion"], rows))]
+    blocks += [("p", reason) for reason in (ood.get("decision") or {}).get("reasons", [])]
+    return Section("ood", "Out-of-domain rows", blocks)
 
 
 def _training(findings: list[dict] | None) -> Section:

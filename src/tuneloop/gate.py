@@ -30,7 +30,7 @@ slices are reported, not gated.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from tuneloop import evaluation, tasks
@@ -65,6 +65,7 @@ class GateDecision:
     stats: dict = field(default_factory=dict)
     mcnemar: dict | None = None
     slices: list[dict] = field(default_factory=list)
+    ood: dict | None = None  # the decision on data.ood_eval_path's rows (`combine`), as a dict
 
     def to_dict(self) -> dict:
         """Return a JSON-serializable form."""
@@ -111,6 +112,14 @@ def _floors(candidate: EvalReport, cfg: GateConfig) -> list[str]:
     if candidate.macro_f1 < cfg.min_macro_f1:
         failures.append(f"macro-F1 {candidate.macro_f1:.4f} is below the floor gate.min_macro_f1={cfg.min_macro_f1}")
     return failures
+
+
+def combine(decision: GateDecision, ood: GateDecision, rows: int) -> GateDecision:
+    """The decision on the held-out rows joined with the one on the out-of-domain rows (`rows` of them):
+    passed only if both passed; the out-of-domain reasons follow, each prefixed."""
+    reasons = decision.reasons + [f"out-of-domain ({rows} rows): {reason}" for reason in ood.reasons]
+    passed = decision.passed and ood.passed
+    return replace(decision, passed=passed, manual=decision.manual and passed, reasons=reasons, ood=ood.to_dict())
 
 
 def _latency(candidate: EvalReport, champion: EvalReport, cfg: GateConfig) -> list[str]:
