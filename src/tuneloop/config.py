@@ -280,6 +280,15 @@ class TrainConfig(Strict):
         description="What an hour of one training process's device costs (a GPU, or the machine of a CPU run); "
                     "a run's cost estimate is its wall time x this x its processes.",
     )
+    strategy: Literal["fresh", "continue", "merge_then_adapt"] = Field(
+        "fresh", description="How a refresh starts when a champion serves: a new adapter on the base (fresh), the "
+                             "champion's adapter trained on (continue), or a new adapter on the base with the champion "
+                             "merged in (merge_then_adapt; the version keeps the champion's adapter as its parent).",
+    )
+    replay_share: float = Field(
+        0.0, ge=0.0, le=0.9, description="Share of each refresh's training rows replayed from the champion's data "
+                                         "revision (seeded, deduplicated, never a held-out row); 0 disables.",
+    )
     distributed: cluster.DistributedConfig = Field(
         default_factory=cluster.DistributedConfig,
         description="On a cluster: train in the step's pod, or hand the job to Kubeflow Trainer (nodes x GPUs).",

@@ -10,7 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -118,9 +120,37 @@ def validate_step(cfg: Config, rev: str, out_dir: Path) -> data.Snapshot:
 
 
 def train_step(cfg: Config, snapshot_dir: Path, out_dir: Path) -> training.TrainResult:
-    """Train on a snapshot's training rows (training checks the base model and method first)."""
-    _, train_rows, _ = data.load_snapshot(snapshot_dir)
-    return training.train(train_rows, cfg, out_dir)
+    """Train on a snapshot's training rows (training checks the base model and method first).
+
+    With a champion serving, a refresh starts as `train.strategy` says, and `train.replay_share` of
+    its rows are replayed from the champion's data revision (`data.replay`); both are recorded in
+    train.json. With none, it trains fresh without replay.
+    """
+    _, train_rows, held_out = data.load_snapshot(snapshot_dir)
+    if cfg.train.strategy == "fresh" and not cfg.train.replay_share:
+        return training.train(train_rows, cfg, out_dir)
+    with tempfile.TemporaryDirectory() as scratch:
+        champion = registry.fetch_champion(cfg.registry, Path(scratch) / "champion")
+        if champion is None:
+            log.info("no champion serves yet: training fresh, with nothing to replay")
+            return training.train(train_rows, cfg, out_dir)
+        frame, sources = train_rows, []
+        if cfg.train.replay_share:
+            origin = {"data_repo": champion.record.data_repo, "data_rev": champion.record.data_rev,
+                      "data_path": champion.record.data_path}
+            labels = None if tasks.get(cfg.model.task).generative else sorted(train_rows["label"].unique())
+            replayed, source = data.replay(cfg.data, origin, train_rows, held_out, cfg.train.replay_share,
+                                           cfg.train.seed, labels)
+            log.info("replaying %d rows of %s@%s (%d available) beside %d new rows", source["rows"], source["path"],
+                     source["rev"][:8], source["available"], len(train_rows))
+            frame, sources = pd.concat([train_rows[["text", "label"]], replayed], ignore_index=True), [source]
+        parent = training.Parent(champion.version, champion.adapter_dir)
+        result = training.train(frame, cfg, out_dir, parent if cfg.train.strategy != "fresh" else None)
+    if sources:
+        result = replace(result, replay_sources=sources)
+        if int(os.environ.get("RANK", "0")) == 0:  # as training writes its report: the main process only
+            result.save(out_dir)
+    return result
 
 
 def evaluate_step(cfg: Config, snapshot_dir: Path, adapter_dir: Path, work_dir: Path) -> Evaluation:
@@ -282,7 +312,8 @@ def candidate_record(
         libraries=library_versions(), data_repo=snapshot.repo, data_rev=snapshot.rev, data_path=snapshot.path,
         data_sha256=snapshot.sha256, config_sha256=training_digest(cfg, meta.base_sha256, meta.method), pipeline_run=run_name,
         metrics=headline, gate=_verdict(decision), gate_reasons=list(decision.reasons),
-        champion_version=scores.champion_version,
+        champion_version=scores.champion_version, strategy=trained.get("strategy", "fresh"),
+        parent_version=trained.get("parent_version", ""), replay_sources=list(trained.get("replay_sources", [])),
     )
     params = _params(cfg)
     reports = {"evaluation": scores.to_dict(), "gate": decision.to_dict(), "train": trained, "data": snapshot.to_dict()}

@@ -423,6 +423,40 @@ def _ood(cfg: DataConfig, rev: str, train: pd.DataFrame, report: validation.Vali
     return ood
 
 
+def replay(cfg: DataConfig, origin: dict, train: pd.DataFrame, held_out: pd.DataFrame, share: float,
+           seed: int, labels: list[str] | None) -> tuple[pd.DataFrame, dict]:
+    """Rows to replay from an earlier data revision, so a refresh does not forget what it taught.
+
+    The file at `origin` (data_repo, data_rev, data_path: the champion's) is read; left out are its
+    held-out rows (the stable hash split, when data.eval_path is unset), any text in this snapshot's
+    training or held-out rows, repeats, and (for a classifier) labels outside `labels`. Of what is
+    left, share / (1 - share) x len(train) rows are drawn, so they make up `share` of the mixed set:
+    seeded, and stable (the pool is ordered by content first, so the file's row order does not matter).
+
+    Returns:
+        The rows (columns text, label) and their source: repo, rev, path, rows, available.
+    """
+    import random
+
+    raw, resolved = read_at(origin["data_repo"], origin["data_rev"], origin["data_path"], "the champion's data_path")
+    old = tables.parse_table(raw, origin["data_path"], cfg.text_column, cfg.label_column)
+    old = old[old["text"].notna() & old["label"].notna() & ~old["undecodable"].astype(bool) & (old["malformed"].fillna("") == "")]
+    if not cfg.eval_path:  # that revision's held-out rows, by the same hash split
+        old = old[~tables.held_out_mask(old["text"], cfg.eval_fraction)]
+    old = old.assign(norm=validation.normalize_text(old["text"]))
+    seen = set(validation.normalize_text(pd.concat([train["text"], held_out["text"]])))
+    old = old[~old["norm"].isin(seen)].drop_duplicates("norm")
+    if labels:
+        old = old[old["label"].isin(labels)]
+    pool = sorted(zip(old["norm"], old["text"], old["label"]))  # content order: stable whatever the file's order
+    wanted = min(len(pool), round(share / (1 - share) * len(train)))
+    drawn = sorted(random.Random(seed).sample(range(len(pool)), wanted))
+    rows = pd.DataFrame([(pool[i][1], pool[i][2]) for i in drawn], columns=["text", "label"])
+    source = {"repo": origin["data_repo"], "rev": resolved, "path": origin["data_path"], "rows": wanted,
+              "available": len(pool)}
+    return rows, source
+
+
 def load_ood(snapshot_dir: Path) -> pd.DataFrame | None:
     """A snapshot's out-of-domain held-out rows, or None when it has none."""
     path = snapshot_dir / OOD_FILE

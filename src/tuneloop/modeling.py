@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 ADAPTER_META = "tuneloop_adapter.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+PARENT_DIR = "parent"  # train.strategy merge_then_adapt: the adapter merged into the base before this one
 # Suffixes of pickle-based formats (torch.save, pickle, joblib, Lightning checkpoints): never loaded.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 _MAX_SAFETENSORS_HEADER = 100_000_000  # the safetensors library's own cap on header bytes
@@ -73,6 +74,9 @@ class AdapterMeta:
     max_length: int
     method: dict
     quantization: dict
+    # merge_then_adapt: {"version": the parent's registry version, "method": its method}. The adapter
+    # was trained on the base with the parent (kept in PARENT_DIR) merged in; base_* name the base.
+    parent: dict | None = None
 
 
 def resolve_base(base: str) -> Path:
@@ -435,6 +439,14 @@ def load_adapter(folder: Path, device: str, base: str | None = None) -> tuple[An
     if methods.get(meta.method["name"]).full:
         # A fully fine-tuned model is its own weights; the base it started from gives the tokenizer.
         model = load_model(folder, meta.task, meta.labels, QuantizationConfig(), device)
+    elif meta.parent:
+        from peft import PeftModel
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as scratch:  # the base with the parent merged in, as training had it
+            merged = merge_adapter(parent_of(folder, meta), Path(scratch) / "merged", device, str(base_dir))
+            model = load_model(merged, meta.task, meta.labels, QuantizationConfig(**meta.quantization), device)
+        model = PeftModel.from_pretrained(model, str(folder), is_trainable=False)
     else:
         from peft import PeftModel  # after the checks: a refused adapter costs no peft import (~3 s)
         model = load_model(base_dir, meta.task, meta.labels, QuantizationConfig(**meta.quantization), device)
@@ -444,6 +456,22 @@ def load_adapter(folder: Path, device: str, base: str | None = None) -> tuple[An
         model = PeftModel.from_pretrained(model, str(folder), is_trainable=False)
     model.eval()
     return model, load_tokenizer(base_dir), meta
+
+
+def parent_of(folder: Path, meta: AdapterMeta) -> Path:
+    """The folder of the adapter merged into the base before this one (train.strategy merge_then_adapt).
+
+    Raises:
+        RegistryError: when it is missing: the adapter cannot be used on the base alone.
+    """
+    parent = folder / PARENT_DIR
+    if not (parent / ADAPTER_META).is_file():
+        raise RegistryError(
+            f"adapter {folder} was trained on {meta.base_model} with version {meta.parent['version']}'s "
+            f"{meta.parent['method']} adapter merged in, and that adapter ({parent}) is missing; use the whole "
+            "registered version folder, or retrain with train.strategy fresh"
+        )
+    return parent
 
 
 def merge_adapter(folder: Path, out: Path, device: str, base: str | None = None) -> Path:
@@ -477,12 +505,16 @@ def merge_adapter(folder: Path, out: Path, device: str, base: str | None = None)
     if entry.full:
         model = load_model(folder, meta.task, meta.labels, full_precision, device)
     else:
+        import tempfile
+
         from peft import PeftModel
 
-        adapted = PeftModel.from_pretrained(load_model(base_dir, meta.task, meta.labels, full_precision, device), str(folder))
+        with tempfile.TemporaryDirectory() as scratch:  # merge_then_adapt: the parent goes in first
+            under = merge_adapter(parent_of(folder, meta), Path(scratch) / "parent", device, str(base_dir)) if meta.parent else base_dir
+            adapted = PeftModel.from_pretrained(load_model(under, meta.task, meta.labels, full_precision, device), str(folder))
         model = adapted.merge_and_unload()
     merged = replace(meta, method={"name": "full", "merged": meta.method.get("merged", entry.name)},
-                     quantization=full_precision.model_dump())
+                     quantization=full_precision.model_dump(), parent=None)
     partial = out.with_name(f".{out.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)
     try:

@@ -108,12 +108,15 @@ class VersionRecord:
     gate: str  # one of GATE_VERDICTS
     gate_reasons: list[str]
     champion_version: str | None
+    strategy: str = "fresh"  # how training started: fresh, continue or merge_then_adapt (train.strategy)
+    parent_version: str = ""  # the version it started from (continue, merge_then_adapt)
+    replay_sources: list = field(default_factory=list)  # rows replayed from earlier data: repo, rev, path, rows
     promotion: str = ""
     dossier: str = ""
     registered_by: str = ""
 
     STATE = ("promotion", "dossier", "registered_by")
-    _JSON = ("labels", "method_config", "quantization", "data_sha256", "metrics", "gate_reasons")
+    _JSON = ("labels", "method_config", "quantization", "data_sha256", "metrics", "gate_reasons", "replay_sources")
     _REQUIRED = ("base_model", "base_sha256", "tokenizer_sha256", "task", "labels", "method", "gate")
 
     def tags(self, state: bool = True) -> dict[str, str]:
@@ -167,9 +170,12 @@ class VersionRecord:
                 values[name] = json.loads(text)
             elif name == "gate_reasons":  # versions registered before reasons were a list: one joined string
                 values[name] = [text] if text else []
+            elif name == "replay_sources":  # versions registered before refresh strategies: none
+                values[name] = []
             else:
                 values[name] = {}
         values["champion_version"] = values["champion_version"] or None
+        values["strategy"] = values["strategy"] or "fresh"
         return cls(**values)
 
 

@@ -27,13 +27,14 @@ import pandas as pd
 
 from tuneloop import diagnostics, methods, modeling, plots, preflight, tasks
 from tuneloop.config import Config
-from tuneloop.errors import DataError, TrainingError
+from tuneloop.errors import ConfigError, DataError, TrainingError
 
 log = logging.getLogger(__name__)
 
 # A training folder: the kept epoch's weights, one checkpoint per epoch, and the run's report.
 ADAPTER_DIR, CHECKPOINTS_DIR, REPORT_FILE = "adapter", "checkpoints", "train.json"
-PLOTS = {"gap": "train_dev_gap.png", "spectrum": "rank_spectrum.png"}  # the detectors' plots, beside the report
+PLOTS = {"gap": "train_dev_gap.png", "spectrum": "rank_spectrum.png"}
+MERGED_DIR = "merged-base"  # merge_then_adapt: the base with the parent merged in, while training runs  # the detectors' plots, beside the report
 BUCKET_BATCHES = 50  # length grouping sorts within 50 batches: padding drops, batches stay varied
 PRECISIONS = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
 
@@ -76,6 +77,9 @@ class TrainResult:
     evaluations: list[dict] = field(default_factory=list)  # each dev evaluation: step, epoch, train_loss, dev_loss, dev_accuracy
     findings: list[dict] = field(default_factory=list)  # the detectors' findings (`diagnostics.Finding.to_dict`)
     rank_health: dict = field(default_factory=dict)  # LoRA-family modules: rank, meaningful values, effective rank, values
+    strategy: str = "fresh"  # how the run started (train.strategy; fresh when no champion served)
+    parent_version: str = ""  # the champion it started from (continue, merge_then_adapt)
+    replay_sources: list[dict] = field(default_factory=list)  # rows replayed from earlier data: repo, rev, path, rows
 
     def to_dict(self) -> dict:
         """Return a JSON-serializable form."""
@@ -192,23 +196,69 @@ def _evaluate_dev(model: Any, tokenizer: Any, frame: pd.DataFrame, targets: list
     return loss_sum / len(texts), correct / max(counted, 1)
 
 
-def _build(cfg: Config, labels: list[str], device: str, total_steps: int) -> tuple[Any, Any, modeling.AdapterMeta]:
+@dataclass(frozen=True)
+class Parent:
+    """The champion a refresh starts from (`train.strategy` continue or merge_then_adapt)."""
+
+    version: str
+    adapter_dir: Path
+
+
+def _build(cfg: Config, labels: list[str], device: str, total_steps: int, parent: Parent | None = None,
+           scratch: Path | None = None) -> tuple[Any, Any, modeling.AdapterMeta]:
     """Load the base for the task (a fresh head for a classifier), make it trainable by the method,
-    and describe it for saving."""
+    and describe it for saving. With a parent, start where `train.strategy` says: from its weights
+    (continue), or on the base with it merged in (merge_then_adapt; written under `scratch`)."""
     facts = preflight.check_model(cfg, device)
     method = preflight.resolved_method(cfg, facts)
     base = modeling.resolve_base(cfg.model.base)
-    model = modeling.attach_adapter(
-        modeling.load_model(base, cfg.model.task, labels, cfg.quantization, device), method, cfg.model.task, cfg.quantization,
-        {"total_steps": total_steps, "base_dir": str(base)},
-    )
     base_sha, tok_sha = modeling.fingerprint(base)
+    strategy = cfg.train.strategy if parent is not None else "fresh"
+    start, lineage, full = base, None, methods.get(method.name).full
+    if strategy != "fresh":
+        before = modeling.read_adapter_meta(parent.adapter_dir)
+        if before.base_sha256 != base_sha:
+            raise ConfigError(f"train.strategy {strategy}: the champion (version {parent.version}) was trained on another "
+                              f"base ({before.base_model}); set train.strategy: fresh to start over on {cfg.model.base}")
+    if strategy == "merge_then_adapt":
+        shutil.rmtree(_merged_dir(scratch), ignore_errors=True)  # a crashed run's
+        start = modeling.merge_adapter(parent.adapter_dir, _merged_dir(scratch), device, str(base))
+        lineage = None if full else {"version": parent.version, "method": before.method.get("merged", before.method["name"])}
+    elif strategy == "continue":
+        if before.method != method.model_dump(mode="json") or before.parent:
+            raise ConfigError(f"train.strategy continue needs the champion's adapter as it is: version {parent.version} "
+                              f"is {before.method['name']}{' on a merged parent' if before.parent else ''} with other "
+                              f"settings; set method to match it, or use train.strategy merge_then_adapt or fresh")
+        if full:  # a fully fine-tuned champion is its own weights
+            start = parent.adapter_dir
+    model = modeling.attach_adapter(
+        modeling.load_model(start, cfg.model.task, labels, cfg.quantization, device), method, cfg.model.task, cfg.quantization,
+        {"total_steps": total_steps, "base_dir": str(start)},
+    )
+    if strategy == "continue" and not full:
+        _load_weights(model, parent)
     meta = modeling.AdapterMeta(
         labels=labels, base_model=cfg.model.base, base_sha256=base_sha, tokenizer_sha256=tok_sha,
         task=cfg.model.task, max_length=cfg.model.max_length, method=method.model_dump(mode="json"),
-        quantization=cfg.quantization.model_dump(),
+        quantization=cfg.quantization.model_dump(), parent=lineage,
     )
     return model, modeling.load_tokenizer(base), meta
+
+
+def _merged_dir(scratch: Path) -> Path:
+    """Where this process writes the merged base (one per rank: every process builds its own model)."""
+    return scratch / f"{MERGED_DIR}-{os.environ.get('RANK', '0')}"
+
+
+def _load_weights(model: Any, parent: Parent) -> None:
+    """Put the champion's adapter weights (its head too) into a freshly built adapter model of the same method."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    loaded = set_peft_model_state_dict(model, load_file(str(parent.adapter_dir / modeling.ADAPTER_WEIGHTS)))
+    if loaded.unexpected_keys:
+        raise ConfigError(f"train.strategy continue: version {parent.version}'s adapter has weights this model lacks "
+                          f"({', '.join(loaded.unexpected_keys[:3])}); set train.strategy: fresh")
 
 
 def _optimizer(model: Any, cfg: Config, total_steps: int) -> tuple[Any, Any]:
@@ -286,7 +336,7 @@ class _Setup:
         return self.per_epoch * self.epochs
 
 
-def _set_up(frame: pd.DataFrame, cfg: Config) -> _Setup:
+def _set_up(frame: pd.DataFrame, cfg: Config, parent: Parent | None = None, scratch: Path | None = None) -> _Setup:
     """Seed, make the accelerate context, carve the dev rows and build the model, as a run does."""
     seed_everything(cfg.train.seed)
     accelerator = _accelerator(cfg)
@@ -294,7 +344,7 @@ def _set_up(frame: pd.DataFrame, cfg: Config) -> _Setup:
     labels = [] if tasks.get(cfg.model.task).generative else sorted(frame["label"].unique())
     fit, dev = _dev_split(frame, cfg.train.dev_fraction, cfg.train.seed)
     per_epoch = math.ceil(math.ceil(len(fit) / cfg.train.batch_size) / cfg.train.gradient_accumulation)
-    model, tokenizer, meta = _build(cfg, labels, device, per_epoch * cfg.train.epochs)
+    model, tokenizer, meta = _build(cfg, labels, device, per_epoch * cfg.train.epochs, parent, scratch)
     return _Setup(accelerator, device, labels, fit, dev, per_epoch, model, tokenizer, meta, cfg.train.epochs)
 
 
@@ -356,7 +406,7 @@ class _Diverged(Exception):
         self.finding = finding
 
 
-def train(frame: pd.DataFrame, cfg: Config, out_dir: Path) -> TrainResult:
+def train(frame: pd.DataFrame, cfg: Config, out_dir: Path, parent: Parent | None = None) -> TrainResult:
     """Train on the rows of `frame` (columns text and label: the input and the target, whatever the
     task calls them); write the best checkpoint to out_dir/adapter and the report to out_dir/train.json.
 
@@ -368,6 +418,8 @@ def train(frame: pd.DataFrame, cfg: Config, out_dir: Path) -> TrainResult:
         frame: validated training rows.
         cfg: the config (model, method, quantization, train and runtime sections are read).
         out_dir: folder for checkpoints/ and the final adapter/ (written by the main process only).
+        parent: the champion to start from, by `train.strategy` (None, or strategy fresh: a new adapter).
+            merge_then_adapt keeps the parent's adapter in adapter/parent/.
 
     Raises:
         TrainingError: when the model, method or device cannot be used, or the loss went non-finite or
@@ -375,7 +427,7 @@ def train(frame: pd.DataFrame, cfg: Config, out_dir: Path) -> TrainResult:
         ConfigError: when the method does not fit the base (e.g. its positions).
     """
     try:
-        return _train(frame, cfg, out_dir, [])
+        return _train(frame, cfg, out_dir, [], parent)
     except _Diverged as stopped:
         first = stopped.finding
     if not cfg.train.retry_on_divergence:
@@ -388,18 +440,19 @@ def train(frame: pd.DataFrame, cfg: Config, out_dir: Path) -> TrainResult:
     slower = cfg.model_copy(update={"train": cfg.train.model_copy(update={"learning_rate": lowered})})
     gc.collect()  # the first attempt's model and optimizer
     try:
-        return _train(frame, slower, out_dir, [retried])
+        return _train(frame, slower, out_dir, [retried], parent)
     except _Diverged as again:
         raise TrainingError(f"{again.finding.message} (also on the retry at learning rate {lowered:g}, after: "
                             f"{first.message})") from None
 
 
-def _train(frame: pd.DataFrame, cfg: Config, out_dir: Path, findings: list[diagnostics.Finding]) -> TrainResult:
+def _train(frame: pd.DataFrame, cfg: Config, out_dir: Path, findings: list[diagnostics.Finding],
+           parent: Parent | None = None) -> TrainResult:
     """One attempt of `train`; raises _Diverged when a detector stops it. `findings` start the report's list."""
     import torch
 
     started = time.perf_counter()
-    run = _set_up(frame, cfg)
+    run = _set_up(frame, cfg, parent, out_dir)
     accelerator, device, labels, fit, dev = run.accelerator, run.device, run.labels, run.fit, run.dev
     model, tokenizer, meta, total_steps = run.model, run.tokenizer, run.meta, run.total_steps
     # Only once the model is built (a refused config loses nothing): a reused folder keeps nothing
@@ -527,6 +580,9 @@ def _train(frame: pd.DataFrame, cfg: Config, out_dir: Path, findings: list[diagn
         if adapter_dir.exists():
             shutil.rmtree(adapter_dir)
         shutil.copytree(out_dir / CHECKPOINTS_DIR / best["checkpoint"], adapter_dir)
+        if meta.parent:  # the version pins both steps: its parent's adapter travels with it
+            shutil.copytree(parent.adapter_dir, adapter_dir / modeling.PARENT_DIR)
+    shutil.rmtree(_merged_dir(out_dir), ignore_errors=True)  # each process its own
     accelerator.wait_for_everyone()
     wall = time.perf_counter() - started
     result = TrainResult(
@@ -539,7 +595,8 @@ def _train(frame: pd.DataFrame, cfg: Config, out_dir: Path, findings: list[diagn
         cost=wall / 3600 * cfg.train.price_per_hour * accelerator.num_processes, processes=accelerator.num_processes,
         precision=cfg.train.precision, loss_curve=curve, weights_sha256=digests, learning_rate=cfg.learning_rate(),
         best_step=best["step"], grad_norms=norms, evaluations=evaluations, findings=[f.to_dict() for f in findings],
-        rank_health=health,
+        rank_health=health, strategy=cfg.train.strategy if parent is not None else "fresh",
+        parent_version=parent.version if parent is not None and cfg.train.strategy != "fresh" else "",
     )
     if accelerator.is_main_process:
         result.save(out_dir)
