@@ -31,9 +31,9 @@ def tickets(rows: int = 80) -> pd.DataFrame:
     return pd.DataFrame(synthetic.generate_tickets(1, rows, seed=0), columns=["text", "label"])
 
 
-@pytest.fixture
-def poisoned(monkeypatch, tiny_model):
-    """Models built by training turn their embeddings NaN on any batch holding the poison word."""
+def poison(monkeypatch, tiny_model, alone: bool = True) -> None:
+    """Models built by training turn their embeddings NaN on a batch holding the poison word (with
+    `alone` false, only in a batch of several rows: no row is to blame by itself)."""
     poison_id = modeling.load_tokenizer(tiny_model).convert_tokens_to_ids(POISON)
     attach = modeling.attach_adapter
 
@@ -41,10 +41,15 @@ def poisoned(monkeypatch, tiny_model):
         model = attach(*args, **kwargs)
 
         def hook(module, inputs, output):
-            return output * float("nan") if (inputs[0] == poison_id).any() else output
+            hit = (inputs[0] == poison_id).any() and (alone or inputs[0].shape[0] > 1)
+            return output * float("nan") if hit else output
         model.get_input_embeddings().register_forward_hook(hook)
         return model
     monkeypatch.setattr(modeling, "attach_adapter", attach_and_poison)
+
+
+def poisoned_frame() -> tuple[pd.DataFrame, int]:
+    """Tickets with the poison word in one row training fits on; returns the frame and the row."""
     frame = tickets()
     fit, _ = training._dev_split(frame, 0.1, 0)  # the rows training fits on (the dev rows are only scored)
     row = frame.index[frame["text"] == fit["text"].iloc[0]][0]
@@ -52,22 +57,41 @@ def poisoned(monkeypatch, tiny_model):
     return frame, row
 
 
-def test_a_nan_batch_stops_training_naming_the_step_and_its_rows_after_one_retry(poisoned, tiny_model, tmp_path):
+@pytest.fixture
+def poisoned(monkeypatch, tiny_model):
+    """A NaN-making row in the frame, and models that turn NaN on it."""
+    poison(monkeypatch, tiny_model)
+    return poisoned_frame()
+
+
+def test_a_nan_row_stops_training_naming_the_step_and_the_row_without_a_retry(poisoned, tiny_model, tmp_path):
     frame, index = poisoned
     row = diagnostics.row_hash(frame.loc[index, "text"], frame.loc[index, "label"])
     with pytest.raises(TrainingError) as caught:
         training.train(frame, config(tiny_model), tmp_path / "run")
     message = str(caught.value)
-    # The step's one NaN row is found among its 16 and named by content hash, on both attempts.
+    # The step's one NaN row is found among its 16 and named by content hash; a lower rate would not help it.
     blame = f"on rows {row} (of the step's 16); inspect or drop those rows, or lower train.learning_rate"
-    first = "non-finite loss and gradient norm at step 3 (loss nan, gradient norm nan) "
-    assert message == f"{first}{blame} (also on the retry at learning rate 0.002, after: {first}{blame})"
+    assert message == f"non-finite loss and gradient norm at step 3 (loss nan, gradient norm nan) {blame} (not retried: those rows fail alone)"
     assert not (tmp_path / "run" / "adapter").exists() and not (tmp_path / "run" / "train.json").exists()
 
 
-def test_without_retry_the_first_nan_fails(poisoned, tiny_model, tmp_path):
-    with pytest.raises(TrainingError, match=r"\(train.retry_on_divergence is off\)$"):
-        training.train(poisoned[0], config(tiny_model, train={"retry_on_divergence": False}), tmp_path / "run")
+def test_a_nan_no_row_explains_is_retried_once_then_fails(monkeypatch, tiny_model, tmp_path):
+    poison(monkeypatch, tiny_model, alone=False)
+    with pytest.raises(TrainingError) as caught:
+        training.train(poisoned_frame()[0], config(tiny_model), tmp_path / "run")
+    first = "non-finite loss and gradient norm at step 3 (loss nan, gradient norm nan) on rows "
+    message = str(caught.value)
+    assert message.startswith(first) and "(also on the retry at learning rate 0.002, after: " + first in message
+    assert message.count("(of the step's") == 0  # no row alone: all 16 of the step's are named (8 shown, 8 more)
+    assert message.count("and 8 more") == 2
+
+
+def test_without_retry_a_divergence_fails(monkeypatch, tiny_model, tmp_path):
+    monkeypatch.setattr(diagnostics, "diverged", lambda curve, norms, factor, grad_factor: diagnostics.Finding(
+        "divergence", "training diverged by step 1: test", 1, {}))
+    with pytest.raises(TrainingError, match=r"^training diverged by step 1: test \(train.retry_on_divergence is off\)$"):
+        training.train(tickets(), config(tiny_model, train={"retry_on_divergence": False}), tmp_path / "run")
 
 
 def test_a_divergence_is_retried_at_a_fifth_of_the_rate_and_recorded(monkeypatch, tiny_model, tmp_path):

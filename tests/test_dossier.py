@@ -243,7 +243,7 @@ def test_no_champion_renders_without_comparison_sections(tmp_path):
     assert re.findall(r'<section id="([^"]+)">', page) == ["verdict", "metrics", "confusion", "per-class", "training",
                                                             "data", "config"]
     assert "No champion: this is the first candidate" in page
-    assert "The training detectors found nothing." in section(page, "training")
+    assert "No training finding was recorded." in section(page, "training")
     assert "<tr><td>macro_f1</td><td>0.6123</td></tr>" in section(page, "metrics")
     assert "| macro_f1 | 0.6123 |" in md
     for absent in ("McNemar", "Fixed:", "Broken:", "champion F1", "<caption>champion</caption>"):

@@ -90,17 +90,20 @@ HELD = ["unrelated question about shipping times", "My order arrived broken, and
 def test_on_leak_reports_fails_or_drops(action):
     cfg = parse_config({"data": {"on_leak": action}}).data
     train, held = frames(TRAIN, HELD)
+    # as a hash split leaves them: index labels that are neither positions nor file rows
+    train.index, held.index = [10, 20, 30, 40], [5, 7]
+    train["row"], held["row"] = [3, 5, 8, 9], [2, 4]
     report = validation.ValidationReport("x", 4, 2, ["a", "b"], [])
     checked, kept, pairs = data._leaks(cfg, report, train, held)
-    pair = {"train_row": 1, "held_out_row": 2, "jaccard": 1.0}
+    pair = {"train_row": 3, "held_out_row": 4, "jaccard": 1.0}
     if action == "fail":
         assert (len(kept), pairs) == (4, [])
         assert [p.message for p in checked.problems] == [
-            "row 2 (held_out) is a near-duplicate of train row 1 (Jaccard 1.00 over character 5-grams, "
+            "row 4 (held_out) is a near-duplicate of train row 3 (Jaccard 1.00 over character 5-grams, "
             "data.leak_threshold 0.6); remove one of them, or set data.on_leak: drop"]
     else:
         assert checked.problems == [] and pairs == [pair]
-        assert kept["row"].tolist() == ([2, 3, 4] if action == "drop" else [1, 2, 3, 4])
+        assert kept["row"].tolist() == ([5, 8, 9] if action == "drop" else [3, 5, 8, 9])
         assert checked.train_rows == len(kept)
 
 
@@ -127,6 +130,7 @@ def test_a_snapshot_records_the_dropped_rows(leaky, tmp_path):
     snapshot = data.prepare(cfg, rev, tmp_path / "snap")
     assert (snapshot.train_rows, snapshot.leak_action) == (3, "dropped")
     assert snapshot.near_duplicates == [{"train_row": 1, "held_out_row": 2, "jaccard": 1.0}]
+    assert (snapshot.near_duplicate_count, snapshot.labels) == (1, ["a", "b"])  # labels of the rows kept
     saved = json.loads((tmp_path / "snap" / data.REPORT_FILE).read_text())
     assert (saved["leak_action"], saved["near_duplicates"]) == ("dropped", snapshot.near_duplicates)
     assert data.load_snapshot(tmp_path / "snap")[1]["text"].tolist() == TRAIN[1:]

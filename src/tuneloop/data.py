@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 REMOTE_NAME = "local"
 TRAIN_FILE, HELD_OUT_FILE, META_FILE, REPORT_FILE = "train.jsonl", "held_out.jsonl", "meta.json", "validation.json"
 OOD_FILE = "ood.jsonl"  # data.ood_eval_path's rows, when set
+MAX_PAIRS = 100  # near-duplicate pairs kept in a snapshot and its report (all are counted)
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,8 @@ class Snapshot:
     slice_column: str | None = None  # the held-out rows carry a `slice` column read from it
     # Near-duplicate (train, held-out) pairs found, {train_row, held_out_row, jaccard}, and what data.on_leak did
     # with them: "warned" (kept), "dropped" (the training rows removed), "" when none was found.
-    near_duplicates: list[dict] = field(default_factory=list)
+    near_duplicates: list[dict] = field(default_factory=list)  # the first MAX_PAIRS
+    near_duplicate_count: int = 0
     leak_action: str = ""
     ood_eval_path: str | None = None  # the out-of-domain held-out file, and its rows (OOD_FILE)
     ood_rows: int = 0
@@ -336,10 +338,15 @@ def prepare(
         train, held_out = frame[~mask], frame[mask]
     source = f"{cfg.path}@{resolved[:8]}"
     report, train, held_out = _validate(cfg, train, held_out, source, champion_labels, min_train_rows, rules)
-    report, train, leaks = _leaks(cfg, report, train, held_out)
+    def again(kept: pd.DataFrame) -> validation.ValidationReport:  # the rows data.on_leak drop left
+        return validation.validate(kept, held_out, source=source, allowed_labels=cfg.labels, champion_labels=champion_labels,
+                                   allow_duplicates=cfg.allow_duplicates, min_train_rows=min_train_rows, rules=rules)
+
+    report, train, leaks = _leaks(cfg, report, train, held_out, again)
     action = ("dropped" if cfg.on_leak == "drop" else "warned") if leaks else ""
+    leak_record = {"near_duplicates": leaks[:MAX_PAIRS], "near_duplicate_count": len(leaks), "leak_action": action}
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / REPORT_FILE).write_text(json.dumps({**report.to_dict(), "near_duplicates": leaks, "leak_action": action}, indent=2))
+    (out_dir / REPORT_FILE).write_text(json.dumps({**report.to_dict(), **leak_record}, indent=2))
     validation.raise_for_problems(report)
     ood = _ood(cfg, resolved, train, report, hashes, min_train_rows, rules) if cfg.ood_eval_path else None
     tables.write_frame(train, out_dir / TRAIN_FILE)
@@ -349,7 +356,7 @@ def prepare(
     snapshot = Snapshot(
         repo=cfg.repo, rev=resolved, path=cfg.path, eval_path=cfg.eval_path, sha256=hashes,
         train_rows=len(train), held_out_rows=len(held_out), labels=report.labels, slice_column=cfg.slice_column,
-        near_duplicates=leaks, leak_action=action, ood_eval_path=cfg.ood_eval_path, ood_rows=0 if ood is None else len(ood),
+        **leak_record, ood_eval_path=cfg.ood_eval_path, ood_rows=0 if ood is None else len(ood),
     )
     (out_dir / META_FILE).write_text(json.dumps(snapshot.to_dict(), indent=2))
     log.info("snapshot %s: %d train / %d held-out rows, labels %s", source, len(train), len(held_out), report.labels)
@@ -381,10 +388,11 @@ def _validate(
 
 
 def _leaks(cfg: DataConfig, report: validation.ValidationReport, train: pd.DataFrame, held_out: pd.DataFrame,
-           ) -> tuple[validation.ValidationReport, pd.DataFrame, list[dict]]:
+           judge: Any = None) -> tuple[validation.ValidationReport, pd.DataFrame, list[dict]]:
     """Find near-duplicate (training, held-out) pairs; by data.on_leak, log them (warn), add them to the
-    report as problems (fail), or remove the training rows involved (drop). Returns the report, the
-    training rows, and the pairs found (file row numbers) unless they failed the data."""
+    report as problems (fail), or remove the training rows involved (drop; the rows left are validated
+    again with `judge`, which returns their report). Returns the report, the training rows, and the
+    pairs found (file row numbers) unless they failed the data."""
     if not report.ok or train.empty or held_out.empty:  # an invalid dataset fails on what is wrong first
         return report, train, []
     pairs = leakage.near_duplicates(train["text"].tolist(), held_out["text"].tolist(), cfg.leak_threshold, cfg.leak_shingles)
@@ -403,12 +411,15 @@ def _leaks(cfg: DataConfig, report: validation.ValidationReport, train: pd.DataF
         log.warning("dropped %d training row(s) that are near-duplicates of held-out rows (data.on_leak: drop): %s",
                     len(rows), shown)
         kept = train.drop(train.index[rows])
-        return replace(report, train_rows=len(kept)), kept, found
+        return (judge(kept) if judge else replace(report, train_rows=len(kept))), kept, found
     problems = [validation.Problem(
         "near_duplicate", f"row {f['held_out_row']} (held_out) is a near-duplicate of train row {f['train_row']} "
                           f"(Jaccard {f['jaccard']:.2f} over {cfg.leak_shingles[:-1]} 5-grams, data.leak_threshold "
                           f"{cfg.leak_threshold:g}); remove one of them, or set data.on_leak: drop", "held_out",
-        f["held_out_row"]) for f in found]
+        f["held_out_row"]) for f in found[:MAX_PAIRS]]
+    if len(found) > MAX_PAIRS:
+        problems.append(validation.Problem("near_duplicate", f"{len(found) - MAX_PAIRS} more near-duplicate pairs; "
+                                                             "remove them, or set data.on_leak: drop", "held_out", None))
     return replace(report, problems=report.problems + problems), train, []
 
 

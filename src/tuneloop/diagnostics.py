@@ -29,6 +29,9 @@ SPIKE_HISTORY = 50  # earlier norms whose median a step's norm is compared with
 SPIKE_MIN_HISTORY = 5  # no spike is called before this many norms are known
 COLLAPSED_VALUES, COLLAPSE_MIN_RANK = 2, 8  # "collapsed": <= 2 meaningful values, judged for r >= 8
 
+# Methods whose update is scale · B · A (AdaLoRA: B · (E ⊙ A)). DoRA rescales it by a learned magnitude
+# and LoftQ starts B · A at the base's quantization error, so their B · A is not the update learned.
+RANK_METHODS = ("lora", "rslora", "adalora")
 # The finding kinds; the gate refuses a candidate whose training produced one in `gate.refuse_findings`.
 KINDS = ("nonfinite", "divergence", "grad_spike", "overfitting", "rank_collapse")
 
@@ -79,6 +82,7 @@ def diverged(curve: list[float], norms: list[float], factor: float, grad_factor:
                                          f"steps ({last:.4g}) is over {factor:g}x that of the first {DIVERGENCE_WINDOW} "
                                          f"({first:.4g}); lower train.learning_rate", step,
                            {"first_loss": first, "last_loss": last})
+    norms = [n for n in norms if n is not None and math.isfinite(n)]  # fp16's scaler skips inf-gradient steps
     if grad_factor and len(norms) >= 2 * DIVERGENCE_WINDOW:
         first, last = statistics.median(norms[:DIVERGENCE_WINDOW]), statistics.median(norms[-DIVERGENCE_WINDOW:])
         if last > grad_factor * first:
@@ -96,9 +100,12 @@ def grad_spikes(norms: list[float], factor: float) -> list[Finding]:
         return []
     found = []
     for index in range(SPIKE_MIN_HISTORY, len(norms)):
-        median = statistics.median(norms[max(0, index - SPIKE_HISTORY):index])
         # an infinite norm is fp16's scaler skipping a step (a non-finite one otherwise stops the run first)
-        if median > 0 and math.isfinite(norms[index]) and norms[index] > factor * median:
+        history = [n for n in norms[max(0, index - SPIKE_HISTORY):index] if math.isfinite(n)]
+        if len(history) < SPIKE_MIN_HISTORY or not math.isfinite(norms[index]):
+            continue
+        median = statistics.median(history)
+        if median > 0 and norms[index] > factor * median:
             found.append(Finding(
                 "grad_spike", f"gradient norm spike at step {index + 1}: {norms[index]:.4g}, {norms[index] / median:.1f}x "
                               f"the running median {median:.4g}; if the loss jumps with it, lower train.learning_rate or "
@@ -141,8 +148,10 @@ def spectra(model: Any) -> dict[str, dict]:
         for adapter in a_layers.keys():
             a = _weight(a_layers[adapter]).float()
             b = _weight(b_layers[adapter]).float()
+            rank = int(a.shape[0])
             if getattr(module, "lora_E", None) and adapter in module.lora_E:  # AdaLoRA: B (E * A) / ranknum
-                a = a * module.lora_E[adapter].detach().float()
+                energy = module.lora_E[adapter].detach().float()
+                a, rank = a * energy, int((energy != 0).sum())  # the rank its budget left, not the initial one
                 scale = module.scaling[adapter] / (module.ranknum[adapter].item() + 1e-5)
             else:
                 scale = module.scaling[adapter]
@@ -152,7 +161,7 @@ def spectra(model: Any) -> dict[str, dict]:
                 _, r_b = torch.linalg.qr(b)
                 _, r_a = torch.linalg.qr(a.T)
                 values = torch.linalg.svdvals(scale * r_b @ r_a.T)
-            found[name] = {"rank": int(a.shape[0]), "values": [float(v) for v in values]}
+            found[name] = {"rank": rank, "values": [float(v) for v in values]}
     return found
 
 

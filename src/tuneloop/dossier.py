@@ -327,7 +327,7 @@ def _ood(ood: dict) -> Section:
 
 def _training(findings: list[dict] | None) -> Section:
     if not findings:
-        return Section("training", "Training diagnostics", [("p", "The training detectors found nothing.")])
+        return Section("training", "Training diagnostics", [("p", "No training finding was recorded.")])
     rows = [[f["kind"], NONE if f.get("step") is None else str(f["step"]), f["message"]] for f in findings]
     return Section("training", "Training diagnostics", [("table", Table(["finding", "step", "what was seen, and what to do"], rows))])
 

@@ -15,13 +15,15 @@ similarity: a reported pair is a true one, and the threshold means what it says.
 from __future__ import annotations
 
 import re
+import zlib
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 SHINGLE_SIZE = 5
 KINDS = ("characters", "words")
 NUM_PERM = 128
 LSH_SLACK = 0.7  # the index's threshold, as a share of the reporting threshold: near-threshold pairs stay candidates
+MAX_CANDIDATES = 200  # held-out rows confirmed per training row (template-heavy data can propose most of them)
 _WORD = re.compile(r"\w+")
 
 
@@ -55,39 +57,65 @@ def jaccard(a: frozenset[str], b: frozenset[str]) -> float:
     return len(a & b) / union if union else 0.0
 
 
+def hashed(text: str, kind: str = "characters") -> Any:
+    """The text's shingles as sorted unique 32-bit CRCs (numpy uint32): what is kept and compared, a
+    few bytes a shingle instead of a string each."""
+    import numpy as np
+
+    return np.unique(np.fromiter((zlib.crc32(s.encode()) for s in shingles(text, kind)), dtype=np.uint32))
+
+
+def _similarity(a: Any, b: Any) -> float:
+    import numpy as np
+
+    shared = np.intersect1d(a, b, assume_unique=True).size
+    union = a.size + b.size - shared
+    return shared / union if union else 0.0
+
+
+def _sketch(values: Any, seed: int) -> Any:
+    from datasketch import MinHash
+
+    sketch = MinHash(num_perm=NUM_PERM, seed=seed, hashfunc=int)  # the values are CRCs already
+    sketch.update_batch(values.tolist())
+    return sketch
+
+
 def near_duplicates(train: Iterable[str], held_out: Iterable[str], threshold: float, kind: str = "characters",
-                    seed: int = 1, shingle: Callable[[str], frozenset[str]] | None = None) -> list[Pair]:
+                    seed: int = 1) -> list[Pair]:
     """Every (training row, held-out row) pair whose shingle sets have a Jaccard similarity of at least
     `threshold`, sorted by training row then held-out row.
+
+    The held-out rows are indexed; the training rows stream through one at a time, so memory grows
+    with the held-out rows only. A training row confirms at most MAX_CANDIDATES of the rows the index
+    proposes (the first by row order): on template-heavy data a row can collide with most of the
+    held-out set, and past that many its leak is reported already.
 
     Args:
         train: the training texts.
         held_out: the held-out texts.
         threshold: the similarity that makes a pair a leak, in (0, 1].
         kind: shingles of "characters" or "words".
-        seed: the MinHash permutations' seed (the result is exact either way; the seed only moves which
+        seed: the MinHash permutations' seed (pairs are confirmed exactly; the seed only moves which
             candidates the index proposes).
-        shingle: a text's shingle set, instead of `shingles(text, kind)`.
     """
-    from datasketch import MinHash, MinHashLSH
+    from datasketch import MinHashLSH
 
-    shingle = shingle or (lambda text: shingles(text, kind))
-    train_sets, held_sets = [shingle(t) for t in train], [shingle(t) for t in held_out]
-    if not train_sets or not held_sets:
-        return []
-    encode = [[s.encode() for s in sets] for sets in train_sets + held_sets]
-    sketches = MinHash.bulk(encode, num_perm=NUM_PERM, seed=seed)
+    held = [hashed(text, kind) for text in held_out]
     index = MinHashLSH(threshold=max(0.05, threshold * LSH_SLACK), num_perm=NUM_PERM)
     with index.insertion_session() as session:
-        for j, sketch in enumerate(sketches[len(train_sets):]):
-            if held_sets[j]:
-                session.insert(j, sketch)
+        for j, values in enumerate(held):
+            if values.size:
+                session.insert(j, _sketch(values, seed))
+    if not any(values.size for values in held):
+        return []
     pairs = []
-    for i, sketch in enumerate(sketches[:len(train_sets)]):
-        if not train_sets[i]:
+    for i, text in enumerate(train):
+        values = hashed(text, kind)
+        if not values.size:
             continue
-        for j in sorted(index.query(sketch)):
-            similarity = jaccard(train_sets[i], held_sets[j])
+        for j in sorted(index.query(_sketch(values, seed)))[:MAX_CANDIDATES]:
+            similarity = _similarity(values, held[j])
             if similarity >= threshold:
                 pairs.append(Pair(i, j, round(similarity, 4)))
     return pairs

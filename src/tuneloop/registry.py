@@ -410,7 +410,7 @@ def _prepared(candidate: Candidate) -> tuple[list, dict[str, str]]:
     try:
         metrics = [Metric(k, float(v), now, 0) for k, v in candidate.metrics.items()]
         metrics += [Metric(k, float(v), now, step) for k, values in candidate.history.items()
-                    for step, v in enumerate(values, start=1)]
+                    for step, v in enumerate(values, start=1) if v is not None]  # None: a step fp16 skipped
         reports = {f"reports/{name}.json": json.dumps(report, indent=2) for name, report in candidate.reports.items()}
         reports.update(candidate.documents)
     except (TypeError, ValueError) as exc:

@@ -82,8 +82,9 @@ class TrainResult:
     replay_sources: list[dict] = field(default_factory=list)  # rows replayed from earlier data: repo, rev, path, rows
 
     def to_dict(self) -> dict:
-        """Return a JSON-serializable form."""
-        return asdict(self)
+        """Return a JSON-serializable form (strict JSON: a non-finite figure, such as fp16's skipped
+        step's gradient norm, is null)."""
+        return _finite(asdict(self))
 
     def save(self, folder: Path) -> Path:
         """Write the report into a training folder; return its path."""
@@ -104,6 +105,17 @@ class TrainResult:
         except (OSError, ValueError, TypeError) as exc:
             raise DataError(f"{path} is not a training report ({type(exc).__name__}: {exc}); "
                             f"train again with `tuneloop train --out {folder}`") from exc
+
+
+def _finite(value: Any) -> Any:
+    """`value` with every NaN or infinite float inside it replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite(item) for item in value]
+    return value
 
 
 def seed_everything(seed: int) -> None:
@@ -243,6 +255,15 @@ def _build(cfg: Config, labels: list[str], device: str, total_steps: int, parent
         quantization=cfg.quantization.model_dump(), parent=lineage,
     )
     return model, modeling.load_tokenizer(base), meta
+
+
+def _kept(model: Any, checkpoint: Path, meta: modeling.AdapterMeta) -> Any:
+    """The model with the kept checkpoint's adapter weights (what is shipped; the run may have gone on)."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    set_peft_model_state_dict(model, load_file(str(checkpoint / modeling.ADAPTER_WEIGHTS)))
+    return model
 
 
 def _merged_dir(scratch: Path) -> Path:
@@ -389,21 +410,25 @@ def _culprits(model: Any, tokenizer: Any, fit: pd.DataFrame, labels: list[str], 
 
     task, targets = tasks.get(cfg.model.task), _targets(fit.iloc[rows], labels)
     found = []
-    with torch.no_grad():
-        for row, target in zip(rows, targets):
-            batch = tasks.collate(task, tokenizer, [fit["text"].iloc[row]], [target], cfg.model.max_length,
-                                  cfg.generation.max_new_tokens)
-            if not math.isfinite(model(**{key: value.to(device) for key, value in batch.items()}).loss.item()):
-                found.append(row)
+    model.eval()  # no dropout: a row's loss is its own
+    try:
+        with torch.no_grad():
+            for row, target in zip(rows, targets):
+                batch = tasks.collate(task, tokenizer, [fit["text"].iloc[row]], [target], cfg.model.max_length,
+                                      cfg.generation.max_new_tokens)
+                if not math.isfinite(model(**{key: value.to(device) for key, value in batch.items()}).loss.item()):
+                    found.append(row)
+    finally:
+        model.train()
     return found
 
 
 class _Diverged(Exception):
     """A run stopped by a non-finite or diverging loss (the finding says which); `train` may retry it."""
 
-    def __init__(self, finding: diagnostics.Finding):
+    def __init__(self, finding: diagnostics.Finding, retry: bool = True):
         super().__init__(finding.message)
-        self.finding = finding
+        self.finding, self.retry = finding, retry
 
 
 def train(frame: pd.DataFrame, cfg: Config, out_dir: Path, parent: Parent | None = None) -> TrainResult:
@@ -429,7 +454,9 @@ def train(frame: pd.DataFrame, cfg: Config, out_dir: Path, parent: Parent | None
     try:
         return _train(frame, cfg, out_dir, [], parent)
     except _Diverged as stopped:
-        first = stopped.finding
+        first, retry = stopped.finding, stopped.retry
+    if not retry:
+        raise TrainingError(f"{first.message} (not retried: those rows fail alone)")
     if not cfg.train.retry_on_divergence:
         raise TrainingError(f"{first.message} (train.retry_on_divergence is off)")
     lowered = cfg.learning_rate() / 5
@@ -489,6 +516,12 @@ def _train(frame: pd.DataFrame, cfg: Config, out_dir: Path, findings: list[diagn
         scored = accelerator.reduce(torch.tensor(_evaluate_dev(plain, tokenizer, dev, dev_targets, cfg, device),
                                                  device=accelerator.device), "mean")
         dev_loss, dev_acc = float(scored[0]), float(scored[1])
+        if not math.isfinite(dev_loss):  # every rank sees the same reduced figure
+            message = (f"non-finite dev loss at step {step} ({dev_loss}); inspect the dev rows (carved from the training "
+                       f"rows by train.seed) or lower train.learning_rate")
+            if detect:
+                raise _Diverged(diagnostics.Finding("nonfinite", message, step, {"dev_loss": None}))
+            raise TrainingError(message)
         since = curve[evaluations[-1]["step"]:] if evaluations else curve
         evaluations.append({"step": step, "epoch": epoch, "train_loss": sum(since) / max(len(since), 1),
                             "dev_loss": dev_loss, "dev_accuracy": dev_acc})
@@ -525,9 +558,11 @@ def _train(frame: pd.DataFrame, cfg: Config, out_dir: Path, findings: list[diagn
                 loss, norm = _step(accelerator, model, optimizer, schedule, batch, cfg, allocate, step)
             except _NonFinite as bad:  # name the rows that cause it, else the step's rows
                 rows = [i for n in batches + [number] for i in drawn.drawn[n]]
-                culprits = _culprits(plain, tokenizer, fit, labels, rows, cfg, device) or rows
-                raise _Diverged(diagnostics.nonfinite(step + 1, bad.loss, bad.norm, [row_ids[i] for i in culprits],
-                                                      len(rows))) from None
+                culprits = _culprits(plain, tokenizer, fit, labels, rows, cfg, device)
+                finding = diagnostics.nonfinite(step + 1, bad.loss, bad.norm, [row_ids[i] for i in culprits or rows],
+                                                len(rows))
+                # Rows whose loss alone is not finite: the data is to blame, and a lower rate would not help.
+                raise _Diverged(finding, retry=not culprits) from None
             seen, tokens = seen + len(batch["labels"]), tokens + int(batch["attention_mask"].sum())
             window.append(loss.detach())
             batches.append(number)
@@ -561,9 +596,12 @@ def _train(frame: pd.DataFrame, cfg: Config, out_dir: Path, findings: list[diagn
         if stop or evaluate(epoch, end_of_epoch=True):
             break
 
+    if not best["checkpoint"]:  # no finite dev loss was ever scored (the check above stops that first)
+        raise TrainingError("no dev evaluation scored a finite loss, so there is no checkpoint to keep; inspect the dev rows")
     if detect:
         findings.extend(diagnostics.grad_spikes(norms, cfg.train.grad_spike_factor))
-        spectra = diagnostics.spectra(plain)
+        spectra = diagnostics.spectra(_kept(plain, out_dir / CHECKPOINTS_DIR / best["checkpoint"], meta)) \
+            if meta.method["name"] in diagnostics.RANK_METHODS else {}
         health, collapse = diagnostics.rank_health(spectra, cfg.train.rank_tolerance)
         health = {name: {**h, "values": spectra[name]["values"]} for name, h in health.items()}
         if collapse is not None:
@@ -639,7 +677,11 @@ def warmup(frame: pd.DataFrame, cfg: Config, steps: int) -> dict[str, float]:
     for batch in loader:  # a row's tokens as `tasks.lengths` counts them: a seq2seq row's target too
         rows, width = batch["input_ids"].shape
         pending += rows * (width + extra + (batch["labels"].shape[1] if task.name == "seq2seq" else 0))
-        _step(accelerator, model, optimizer, schedule, batch, cfg)
+        try:
+            _step(accelerator, model, optimizer, schedule, batch, cfg)
+        except _NonFinite as bad:
+            raise TrainingError(f"non-finite gradients at step {step + 1} of the warm-up ({bad}); lower "
+                                "train.learning_rate, or run `tuneloop run` to name the rows") from None
         if not accelerator.sync_gradients:
             continue
         step += 1
