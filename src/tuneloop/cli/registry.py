@@ -178,6 +178,10 @@ def show(version: str = typer.Argument(..., help="Version number, or champion / 
                 "data_path", "config_sha256", "pipeline_run", "champion_version"):
         typer.echo(f"  {key}: {record[key]}")
     typer.echo(f"  method_config: {json.dumps(record['method_config'])}  quantization: {record['quantization'].get('bits', 0)}-bit")
+    started = record.get("strategy") or "fresh"
+    replayed = "; ".join(f"{r['rows']} rows of {r['path']}@{str(r['rev'])[:8]}" for r in record.get("replay_sources") or [])
+    typer.echo(f"  strategy: {started}{' from version ' + record['parent_version'] if record.get('parent_version') else ''}"
+               f"  replay: {replayed or '-'}")
     typer.echo(f"  libraries: {', '.join(f'{k} {v}' for k, v in sorted(record['libraries'].items()))}")
     typer.echo("  metrics: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(record["metrics"].items())))
     typer.echo(f"  efficiency: {efficiency(found['metrics'])}")
