@@ -116,14 +116,20 @@ def tuneloop_loop(frame: pd.DataFrame, cfg, held_out: pd.DataFrame, work: Path) 
     return result.samples_per_second, report.accuracy
 
 
-def throughput(args: argparse.Namespace) -> None:
-    from tuneloop import training
-
+def emotion(count: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """`count` training rows (texts the train file holds once, seeded shuffle) and the held-out rows."""
     counts = Counter(text for text, _ in rows("train"))
     train_rows = [row for row in rows("train") if counts[row[0]] == 1]
     random.Random(0).shuffle(train_rows)
-    frame = pd.DataFrame(train_rows[:args.rows], columns=["text", "label"])
+    frame = pd.DataFrame(train_rows[:count], columns=["text", "label"])
     held_out = pd.DataFrame([row for row in rows("val") if row[0] not in counts][:HELD_OUT], columns=["text", "label"])
+    return frame, held_out
+
+
+def throughput(args: argparse.Namespace) -> None:
+    from tuneloop import training
+
+    frame, held_out = emotion(args.rows)
     fit, _ = training._dev_split(frame, 0.1, 0)  # exactly the rows tuneloop trains on
     labels = sorted(frame["label"].unique())
     sides = {
@@ -152,11 +158,7 @@ def throughput(args: argparse.Namespace) -> None:
 
 def detectors(args: argparse.Namespace) -> None:
     """Samples/s of the same run with the failure-mode detectors on and off, alternating."""
-    counts = Counter(text for text, _ in rows("train"))
-    train_rows = [row for row in rows("train") if counts[row[0]] == 1]
-    random.Random(0).shuffle(train_rows)
-    frame = pd.DataFrame(train_rows[:args.rows], columns=["text", "label"])
-    held_out = pd.DataFrame([row for row in rows("val") if row[0] not in counts][:HELD_OUT], columns=["text", "label"])
+    frame, held_out = emotion(args.rows)
     figures: dict[bool, list[float]] = {True: [], False: []}
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(args.repeats):

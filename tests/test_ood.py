@@ -34,19 +34,23 @@ def tickets_file(rows, path: Path) -> Path:
     return synthetic.write_csv(rows, path)
 
 
-@pytest.fixture
-def ood_workspace(workspace, tmp_path) -> tuple[Path, str]:
-    """Tickets v1 to train on and hold out, and v2 tickets (new templates) as the out-of-domain file."""
+def with_ood(workspace: Path, tmp_path: Path, ood: list[tuple[str, str]]) -> str:
+    """Set data.ood_eval_path, add 200 v1 tickets and the `ood` rows; return the revision."""
     text = workspace.read_text().replace("data:\n  path: data/tickets.csv\n",
                                          "data:\n  path: data/tickets.csv\n  ood_eval_path: data/ood.csv\n")
     workspace.write_text(text)
     cfg = load_config(workspace)
     data.add_dataset(workspace.parent, tickets_file(synthetic.generate_tickets(1, 200, seed=0), tmp_path / "t.csv"),
                      "tickets", cfg.data)
+    return data.add_dataset(workspace.parent, tickets_file(ood, tmp_path / "o.csv"), "ood", cfg.data).rev
+
+
+@pytest.fixture
+def ood_workspace(workspace, tmp_path) -> tuple[Path, str]:
+    """Tickets v1 to train on and hold out, and v2 tickets (new templates) as the out-of-domain file."""
     v1 = {t for t, _ in synthetic.generate_tickets(1, 200, seed=0)}
     ood = [row for row in synthetic.generate_tickets(2, 80, seed=7) if row[0] not in v1]
-    rev = data.add_dataset(workspace.parent, tickets_file(ood, tmp_path / "o.csv"), "ood", cfg.data).rev
-    return workspace, rev
+    return workspace, with_ood(workspace, tmp_path, ood)
 
 
 def test_the_ood_rows_are_scored_gated_shown_and_recorded(ood_workspace, tmp_path):
@@ -66,15 +70,9 @@ def test_the_ood_rows_are_scored_gated_shown_and_recorded(ood_workspace, tmp_pat
 
 
 def test_an_ood_row_with_a_label_training_never_saw_stops_the_snapshot(workspace, tmp_path):
-    text = workspace.read_text().replace("data:\n  path: data/tickets.csv\n",
-                                         "data:\n  path: data/tickets.csv\n  ood_eval_path: data/ood.csv\n")
-    workspace.write_text(text)
+    rev = with_ood(workspace, tmp_path, [("where is my parcel, it is a week late", "shipping"),
+                                         ("the app will not open on my phone", "bug")])
     cfg = load_config(workspace)
-    data.add_dataset(workspace.parent, tickets_file(synthetic.generate_tickets(1, 200, seed=0), tmp_path / "t.csv"),
-                     "tickets", cfg.data)
-    rev = data.add_dataset(workspace.parent, tickets_file([("where is my parcel, it is a week late", "shipping"),
-                                                           ("the app will not open on my phone", "bug")], tmp_path / "o.csv"),
-                           "ood", cfg.data).rev
     with pytest.raises(DataError, match=r"row 1 \(held_out\): label 'shipping' does not occur in the train split"):
         data.prepare(cfg.data, rev, tmp_path / "snap")
     assert not (tmp_path / "snap" / data.META_FILE).exists() and not (tmp_path / "snap" / data.OOD_FILE).exists()
