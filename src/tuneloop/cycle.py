@@ -139,8 +139,10 @@ def train_step(cfg: Config, snapshot_dir: Path, out_dir: Path) -> training.Train
             origin = {"data_repo": champion.record.data_repo, "data_rev": champion.record.data_rev,
                       "data_path": champion.record.data_path}
             labels = None if tasks.get(cfg.model.task).generative else sorted(train_rows["label"].unique())
-            replayed, source = data.replay(cfg.data, origin, train_rows, held_out, cfg.train.replay_share,
-                                           cfg.train.seed, labels)
+            ood = data.load_ood(snapshot_dir)
+            judged = held_out if ood is None else pd.concat([held_out, ood])
+            replayed, source = data.replay(cfg.data, origin, train_rows, judged, cfg.train.replay_share,
+                                           cfg.train.seed, labels)  # never a row either held-out set scores
             log.info("replaying %d rows of %s@%s (%d available) beside %d new rows", source["rows"], source["path"],
                      source["rev"][:8], source["available"], len(train_rows))
             frame, sources = pd.concat([train_rows[["text", "label"]], replayed], ignore_index=True), [source]
@@ -193,7 +195,8 @@ def gate_step(cfg: Config, scores: Evaluation, snapshot_dir: Path | None = None,
     decision = gate.decide(scores.candidate, scores.champion, cfg.gate, scores.findings)
     if scores.ood_candidate is not None:  # gated like the held-out rows, on their own interval
         champion = scores.ood_champion if scores.champion is not None and scores.champion.rows else None
-        ood = gate.decide(scores.ood_candidate, champion, cfg.gate)
+        # latency is judged once, on the held-out rows' timings
+        ood = gate.decide(scores.ood_candidate, champion, cfg.gate.model_copy(update={"max_latency_ratio": 0.0}))
         decision = gate.combine(decision, ood, scores.ood_candidate.rows)
     if snapshot_dir is not None and dossier_dir is not None:
         write_dossier(cfg, scores, decision, snapshot_dir, dossier_dir)
@@ -240,6 +243,8 @@ def write_dossier(cfg: Config, scores: Evaluation, decision: GateDecision, snaps
         "decision": decision.to_dict(), "candidate": scores.candidate.to_dict(),
         "champion": scores.champion.to_dict() if scores.champion else None, "texts": held_out["text"].tolist(),
         "data_diff": diff, "config_diff": dossier.config_diff(old_params if scores.champion_origin else None, new_params),
+        "leaks": {"count": snapshot.near_duplicate_count, "action": snapshot.leak_action,
+                  "pairs": snapshot.near_duplicates[:5], "threshold": cfg.data.leak_threshold},
         "findings": scores.findings, "ood": None if scores.ood_candidate is None else {
             "candidate": scores.ood_candidate.metrics, "champion": scores.ood_champion.metrics if scores.ood_champion else None,
             "rows": scores.ood_candidate.rows, "path": cfg.data.ood_eval_path, "decision": decision.ood},

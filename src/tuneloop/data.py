@@ -403,8 +403,8 @@ def _leaks(cfg: DataConfig, report: validation.ValidationReport, train: pd.DataF
     rows = sorted({p.train for p in pairs})
     shown = ", ".join(f"train row {f['train_row']} ~ held_out row {f['held_out_row']} ({f['jaccard']:.2f})"
                       for f in found[:5]) + (" ..." if len(found) > 5 else "")
-    if cfg.on_leak == "warn":
-        log.warning("%d training row(s) are near-duplicates of held-out rows, which rewards memorizing them: %s; "
+    if cfg.on_leak == "warn":  # INFO: a preflight stays quiet but for its errors; the dossier shows the pairs
+        log.info("%d training row(s) are near-duplicates of held-out rows, which rewards memorizing them: %s; "
                     "set data.on_leak: drop to train without them, or fail to stop", len(rows), shown)
         return report, train, found
     if cfg.on_leak == "drop":

@@ -151,7 +151,7 @@ def sections(evidence: dict) -> list[Section]:
 
     Reads model, candidate_version, champion_version, run, created; decision (passed, manual, policy,
     reasons, metric, stats, mcnemar, slices); candidate and champion reports (labels, confusion,
-    per_class_f1, truth, predictions, rows); texts; ood; findings; data_diff; config_diff. Other keys are ignored.
+    per_class_f1, truth, predictions, rows); texts; ood; findings; data_diff; leaks; config_diff. Other keys are ignored.
     """
     decision, candidate, champion = evidence["decision"], evidence["candidate"], evidence.get("champion")
     if champion is not None and champion.get("task") != candidate.get("task"):  # another task: nothing compares
@@ -168,7 +168,8 @@ def sections(evidence: dict) -> list[Section]:
         parts.append(_slices(decision["slices"]))
     if evidence.get("ood"):
         parts.append(_ood(evidence["ood"]))
-    parts += [_training(evidence.get("findings")), _data(evidence.get("data_diff")), _config(evidence.get("config_diff") or [])]
+    parts += [_training(evidence.get("findings")), _data(evidence.get("data_diff"), evidence.get("leaks")),
+              _config(evidence.get("config_diff") or [])]
     return parts
 
 
@@ -332,9 +333,19 @@ def _training(findings: list[dict] | None) -> Section:
     return Section("training", "Training diagnostics", [("table", Table(["finding", "step", "what was seen, and what to do"], rows))])
 
 
-def _data(diff: dict | None) -> Section:
+def _leak_lines(leaks: dict | None) -> list[Block]:
+    if not leaks or not leaks.get("count"):
+        return []
+    verb = "dropped from the training rows" if leaks.get("action") == "dropped" else "kept (data.on_leak: warn)"
+    pairs = ", ".join(f"train row {p['train_row']} ~ held-out row {p['held_out_row']} ({p['jaccard']:.2f})"
+                      for p in leaks.get("pairs", []))
+    return [("p", f"Near-duplicate leakage: {leaks['count']} training/held-out pair(s) at Jaccard >= "
+                  f"{leaks.get('threshold')}, {verb}; e.g. {pairs}.")]
+
+
+def _data(diff: dict | None, leaks: dict | None = None) -> Section:
     if diff is None:
-        return Section("data", "Data diff", [("p", "No data diff was recorded.")])
+        return Section("data", "Data diff", [("p", "No data diff was recorded."), *_leak_lines(leaks)])
     revs = f"Revision {diff.get('old_rev') or NONE} → {diff.get('new_rev') or NONE}"
     rows = f"rows {_count(diff.get('old_rows'))} → {_count(diff.get('new_rows'))}"
     blocks: list[Block] = [("p", f"{revs}; {rows}.")]
@@ -350,7 +361,7 @@ def _data(diff: dict | None) -> Section:
             samples = [[_clip(s["text"])] + [str(s[k]) for k in keys] for s in found]
             title = f"{kind}: showing {len(found)} of {diff[kind]['count']}"
             blocks.append(("table", Table(headers, samples, title=title)))
-    return Section("data", "Data diff", blocks)
+    return Section("data", "Data diff", blocks + _leak_lines(leaks))
 
 
 def _config(diff: list[dict]) -> Section:

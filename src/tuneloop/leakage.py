@@ -88,8 +88,8 @@ def near_duplicates(train: Iterable[str], held_out: Iterable[str], threshold: fl
 
     The held-out rows are indexed; the training rows stream through one at a time, so memory grows
     with the held-out rows only. A training row confirms at most MAX_CANDIDATES of the rows the index
-    proposes (the first by row order): on template-heavy data a row can collide with most of the
-    held-out set, and past that many its leak is reported already.
+    proposes, the most similar by the sketches' estimate: on template-heavy data a row can collide
+    with most of the held-out set, and exact confirmation of all of them would be quadratic.
 
     Args:
         train: the training texts.
@@ -99,9 +99,11 @@ def near_duplicates(train: Iterable[str], held_out: Iterable[str], threshold: fl
         seed: the MinHash permutations' seed (pairs are confirmed exactly; the seed only moves which
             candidates the index proposes).
     """
+    import numpy as np
     from datasketch import MinHashLSH
 
     held = [hashed(text, kind) for text in held_out]
+    sketches = [_sketch(values, seed).hashvalues if values.size else None for values in held]
     index = MinHashLSH(threshold=max(0.05, threshold * LSH_SLACK), num_perm=NUM_PERM)
     with index.insertion_session() as session:
         for j, values in enumerate(held):
@@ -114,7 +116,12 @@ def near_duplicates(train: Iterable[str], held_out: Iterable[str], threshold: fl
         values = hashed(text, kind)
         if not values.size:
             continue
-        for j in sorted(index.query(_sketch(values, seed)))[:MAX_CANDIDATES]:
+        sketch = _sketch(values, seed)
+        proposed = list(index.query(sketch))
+        if len(proposed) > MAX_CANDIDATES:  # the most similar by the sketches' estimate go first
+            proposed.sort(key=lambda j: -float(np.mean(sketches[j] == sketch.hashvalues)))
+            proposed = proposed[:MAX_CANDIDATES]
+        for j in sorted(proposed):
             similarity = _similarity(values, held[j])
             if similarity >= threshold:
                 pairs.append(Pair(i, j, round(similarity, 4)))

@@ -306,7 +306,10 @@ def save_adapter(model: Any, folder: Path, meta: AdapterMeta) -> int:
     and the metadata; return the folder's size in bytes."""
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(folder), safe_serialization=True)
-    (folder / ADAPTER_META).write_text(json.dumps(asdict(meta), indent=2))
+    written = asdict(meta)
+    if written["parent"] is None:  # metadata older readers know: they refuse a key they lack
+        del written["parent"]
+    (folder / ADAPTER_META).write_text(json.dumps(written, indent=2))
     return sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
 
 

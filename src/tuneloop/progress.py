@@ -30,6 +30,8 @@ def configure_logging(verbose: bool = False) -> None:
     # bitsandbytes warns on every import (which peft does) that an optional CPU kernel package is
     # missing; it changes no result, and it would be the first line of every command's output.
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    # kernels (which bitsandbytes asks for its CPU kernel) says, offline, that it skips a hub check.
+    logging.getLogger("kernels").setLevel(logging.ERROR)
     # An 8-bit base logs, on every forward pass, that it casts fp32 inputs to fp16 (how LLM.int8 works).
     logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
 

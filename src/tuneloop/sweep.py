@@ -115,7 +115,9 @@ class Sweep:
 # says, so varying those would label cells with differences that are not there.
 VARIABLE = ("model", "method", "quantization", "generation", "train")
 FIXED_KEYS = {"model.task": "every cell reads the same data, whose columns the task names",
-              "train.distributed": "where training runs changes no weight"}
+              "train.distributed": "where training runs changes no weight",
+              "train.strategy": "a sweep's cells train fresh on the data: no champion starts them",
+              "train.replay_share": "a sweep's cells train on the data alone: nothing is replayed"}
 
 
 def _axis_problem(key: str, method_names: set[str]) -> str | None:

@@ -77,7 +77,9 @@ def build(results: list[CellResult], gate_cfg: GateConfig, task_name: str, name:
             if reference is not None and result.name != reference:
                 ref = reports[reference]
                 compared = evaluation.compare(report, ref, gate_cfg.bootstrap_draws, gate_cfg.seed)  # the gate's own draws
-                decision = gate.decide(report, ref, gate_cfg, trained.get("findings"))
+                # cells are timed in other processes (or read from the cache): their latencies do not compare
+                unjudged = gate_cfg.model_copy(update={"max_latency_ratio": 0.0})
+                decision = gate.decide(report, ref, unjudged, trained.get("findings"))
                 row.update(delta_points=float(task.metric(metric).delta_points(report.metrics[metric], ref.metrics[metric])),
                            delta_interval=list(compared.intervals[metric]), gate_passed=decision.passed,
                            gate_reasons=list(decision.reasons))

@@ -237,6 +237,12 @@ def _build(cfg: Config, labels: list[str], device: str, total_steps: int, parent
         start = modeling.merge_adapter(parent.adapter_dir, _merged_dir(scratch), device, str(base))
         lineage = None if full else {"version": parent.version, "method": before.method.get("merged", before.method["name"])}
     elif strategy == "continue":
+        if before.labels != labels:
+            raise ConfigError(f"train.strategy continue: the champion (version {parent.version}) predicts {before.labels}, "
+                              f"the new rows have {labels}; keep the label set, or use train.strategy fresh")
+        if method.name == "adalora":  # its saved ranks are pruned to its budget; a new model's are not
+            raise ConfigError("train.strategy continue cannot resume AdaLoRA (its saved ranks are pruned); use "
+                              "merge_then_adapt or fresh")
         if before.method != method.model_dump(mode="json") or before.parent:
             raise ConfigError(f"train.strategy continue needs the champion's adapter as it is: version {parent.version} "
                               f"is {before.method['name']}{' on a merged parent' if before.parent else ''} with other "
@@ -277,7 +283,7 @@ def _load_weights(model: Any, parent: Parent) -> None:
     from safetensors.torch import load_file
 
     loaded = set_peft_model_state_dict(model, load_file(str(parent.adapter_dir / modeling.ADAPTER_WEIGHTS)))
-    if loaded.unexpected_keys:
+    if loaded.unexpected_keys or [key for key in loaded.missing_keys if "lora_" in key or "modules_to_save" in key]:
         raise ConfigError(f"train.strategy continue: version {parent.version}'s adapter has weights this model lacks "
                           f"({', '.join(loaded.unexpected_keys[:3])}); set train.strategy: fresh")
 
