@@ -491,9 +491,10 @@ def _train(frame: pd.DataFrame, cfg: Config, out_dir: Path, findings: list[diagn
     # Only once the model is built (a refused config loses nothing): a reused folder keeps nothing
     # of an earlier run, such as another method's weights beside this one's.
     if accelerator.is_main_process:
-        for stale in (out_dir / ADAPTER_DIR, out_dir / CHECKPOINTS_DIR, *(out_dir / name for name in PLOTS.values())):
-            shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
-        (out_dir / REPORT_FILE).unlink(missing_ok=True)
+        for stale in (out_dir / ADAPTER_DIR, out_dir / CHECKPOINTS_DIR):
+            shutil.rmtree(stale, ignore_errors=True)
+        for stale in (REPORT_FILE, *PLOTS.values()):
+            (out_dir / stale).unlink(missing_ok=True)
     accelerator.wait_for_everyone()
     trainable, total = modeling.parameter_counts(model)
     optimizer, schedule = _optimizer(model, cfg, total_steps)
